@@ -1,0 +1,103 @@
+"""POST /v1/search: a photo (upload or URL) in, similar listings out.
+
+Query options: 1) automatic category (nothing else given); 2) `category`: the shopper's category guides
+attributes and the ROI; 3) `rect` = "x0,y0,x1,y1" in image pixels: the shopper's rectangle replaces the
+detector (a category may be given with it).
+"""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, jsonify, request
+from sqlalchemy import select
+
+from api import resources
+from api.forms import fields, int_field, str_field, uploaded_image
+from api.metrics import SEARCH_LATENCY, SEARCHES
+from shared.db.models import Listing
+from shared.db.session import session_scope
+from shared.errors import InvalidInput
+from shared.fetch import fetch_image_bytes
+from shared.imaging import decode_image
+from shared.pipeline import analyze
+from shared.taxonomy import load_taxonomy
+
+bp = Blueprint("search", __name__, url_prefix="/v1")
+MAX_K = 100
+MAX_OFFSET = 1000
+
+
+def parse_rect(raw: object, width: int, height: int) -> tuple[float, float, float, float] | None:
+    """'x0,y0,x1,y1' (or a list of 4 numbers) in pixels of the uploaded image; must lie inside it."""
+    if raw is None or raw == "":
+        return None
+    parts = raw.split(",") if isinstance(raw, str) else raw
+    try:
+        x0, y0, x1, y1 = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise InvalidInput("rect must be four numbers 'x0,y0,x1,y1' in image pixels") from None
+    if not (x1 > x0 and y1 > y0):
+        raise InvalidInput("rect must have x1 > x0 and y1 > y0")
+    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+        raise InvalidInput(f"rect {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {width}x{height} image")
+    if (x1 - x0) < 4 or (y1 - y0) < 4:
+        raise InvalidInput("rect is smaller than 4x4 pixels")
+    return x0, y0, x1, y1
+
+
+@bp.post("/search")
+def search():
+    t0 = time.perf_counter()
+    res = resources()
+    settings = res.settings
+    body = fields(request)
+    data = uploaded_image(request)
+    url = str_field(body, "image_url")
+    if data is None and url is None:
+        raise InvalidInput("send an image file (field 'image') or an image_url")
+    if data is None:
+        data = fetch_image_bytes(url, timeout_s=settings.fetch_timeout_s, max_bytes=settings.max_image_bytes,
+                                 allow_private=settings.fetch_allow_private).data
+    image = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    category = str_field(body, "category")
+    tax = load_taxonomy()
+    if category is not None:
+        try:
+            tax.category(category)
+        except KeyError as exc:
+            raise InvalidInput(str(exc.args[0])) from None
+    rect = parse_rect(body.get("rect"), image.width, image.height)
+    k = int_field(body, "k", default=20, minimum=1, maximum=MAX_K)
+    offset = int_field(body, "offset", default=0, minimum=0, maximum=MAX_OFFSET)
+    option = 3 if rect is not None else 2 if category is not None else 1
+
+    analysis = analyze(res.models, image, category_key=category, rect=rect, source="shopper")
+    reply = res.index.search(code=analysis.code, colour=analysis.colour, category_id=analysis.category_id,
+                             attribute_ids=[a.attribute_id for a in analysis.attributes], k=k, offset=offset)
+    ids = [h.listing_id for h in reply.hits]
+    with session_scope(res.engine) as s:
+        rows = {r.id: r for r in s.execute(select(Listing.id, Listing.title, Listing.seller_id, Listing.external_id)
+                                          .where(Listing.id.in_(ids)))} if ids else {}
+    results = []
+    for h in reply.hits:
+        row = rows.get(h.listing_id)
+        if row is None:  # deleted between the index answer and now
+            continue
+        results.append({
+            "listing_id": h.listing_id, "title": row.title, "seller_id": row.seller_id,
+            "external_id": row.external_id, "image": f"/v1/listings/{h.listing_id}/image",
+            "score": round(h.score, 6), "appearance_distance": round(h.appearance_distance, 6),
+            "colour_distance": round(h.colour_distance, 6),
+            "matched_attributes": [tax.attribute(a).key for a in h.matched_attribute_ids],
+        })
+    elapsed = (time.perf_counter() - t0) * 1000
+    SEARCHES.labels(option=str(option)).inc()
+    SEARCH_LATENCY.labels(option=str(option)).observe(elapsed / 1000)
+    return jsonify({
+        "option": option,
+        "query": analysis.as_json(tax),
+        "results": results, "k": k, "offset": offset, "next_offset": offset + len(reply.hits),
+        "index": {"generation": reply.generation, "items": reply.n_items, "scanned": reply.scanned,
+                  "search_ms": round(reply.elapsed_ms, 3)},
+        "timings_ms": {**{k2: round(v, 1) for k2, v in analysis.timings_ms.items()}, "total": round(elapsed, 1)},
+    })

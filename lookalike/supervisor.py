@@ -1,0 +1,270 @@
+"""Process roles and the `up` supervisor: embedded servers, migrations, worker, index daemon, API, and the
+sample catalogue, started in order and stopped in reverse on Ctrl-C / SIGTERM / `lookalike down`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+from shared.config import Settings, load_settings
+
+logger = logging.getLogger("lookalike")
+CHILD_STOP_TIMEOUT_S = 15
+
+
+@contextmanager
+def services_for(settings: Settings, *, need_redis: bool = True):
+    """Settings with resolved URLs; embedded servers started here are stopped on exit."""
+    from lookalike.services import resolve_services
+
+    resolved, services = resolve_services(settings, need_redis=need_redis)
+    try:
+        yield resolved, services
+    finally:
+        if services is not None:
+            services.stop()
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env["LOOKALIKE_DATABASE_URL"] = settings.database_url or ""
+    env["LOOKALIKE_REDIS_URL"] = settings.redis_url or ""
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+# -- single roles (Procfile) ------------------------------------------------------------------------------
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from lookalike.db_admin import downgrade, upgrade
+
+    with services_for(load_settings(), need_redis=False) as (settings, _):
+        if args.downgrade:
+            downgrade(settings, args.downgrade)
+        else:
+            upgrade(settings, args.revision)
+    print("database schema is up to date" if not args.downgrade else f"downgraded to {args.downgrade}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    with services_for(load_settings()) as (settings, _):
+        from workers.celery_app import configure
+
+        app = configure(settings)
+        argv = ["worker", "-B", "--loglevel", settings.log_level, "--concurrency", str(settings.worker_concurrency),
+                "-Q", "lookalike", "--without-gossip", "--without-mingle"]
+        app.worker_main(argv)
+    return 0
+
+
+def cmd_indexd(args: argparse.Namespace) -> int:
+    from index_daemon.__main__ import run
+
+    with services_for(load_settings(), need_redis=False) as (settings, _):
+        return run(settings)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from waitress import serve
+
+    from api import create_app
+
+    with services_for(load_settings()) as (settings, _):
+        app = create_app(settings, preload_models=True)
+        logger.info("API listening on http://%s:%s/", settings.api_host, settings.api_port)
+        serve(app, host=settings.api_host, port=settings.api_port, threads=8, ident="lookalike")
+    return 0
+
+
+# -- the supervisor ---------------------------------------------------------------------------------------
+
+class Child:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name, self.argv, self.env = name, argv, env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        # Own session: a terminal Ctrl-C reaches only the supervisor, which stops children in order.
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if not self.alive():
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(CHILD_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in %ss; killing it", self.name, CHILD_STOP_TIMEOUT_S)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _wait_http(url: str, *, timeout_s: float, what: str, child: Child) -> dict:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise RuntimeError(f"{what} exited during start-up; see {child.log_path}")
+        try:
+            r = requests.get(url, timeout=2)
+            if r.status_code == 200:
+                return r.json()
+            last = r.text[:200]
+        except requests.RequestException as exc:
+            last = str(exc)
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not become ready within {timeout_s:.0f}s ({last}); see {child.log_path}")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    base = load_settings()
+    stop_requested = []
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(1))
+    with services_for(base) as (settings, services):
+        from lookalike.db_admin import upgrade
+
+        upgrade(settings)
+        print(f"PostgreSQL and Redis ready ({'embedded, under ' + str(settings.var_dir) if services else 'external'});"
+              " schema migrated", flush=True)
+        log_dir = Path(settings.var_dir) / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (Path(settings.var_dir) / "up.pid").write_text(str(os.getpid()))
+        env = child_env(settings)
+        py = sys.executable
+        children = [Child("worker", [py, "-m", "lookalike", "worker"], env, log_dir),
+                    Child("indexd", [py, "-m", "lookalike", "indexd"], env, log_dir),
+                    Child("api", [py, "-m", "lookalike", "api"], env, log_dir)]
+        try:
+            for c in children:
+                c.start()
+            api_url = f"http://{settings.api_host}:{settings.api_port}"
+            _wait_http(f"{settings.resolved_index_url}/healthz", timeout_s=120, what="index daemon",
+                       child=children[1])
+            _wait_http(f"{api_url}/healthz", timeout_s=180, what="API", child=children[2])
+            print(f"worker, index daemon and API started (logs in {log_dir})", flush=True)
+            if not args.no_ingest:
+                from lookalike.catalogue import ingest_catalogue, rows_for
+
+                rows = rows_for(data=args.data, catalog=args.catalog, limit=args.limit)
+                ingest_catalogue(rows, api_url=api_url, settings=settings, wait=True,
+                                 stop=lambda: bool(stop_requested))
+            print(f"\nLookalike is running. Search at: {api_url}/\n"
+                  f"API docs: {api_url}/docs   Stop with Ctrl-C or `lookalike down`.", flush=True)
+            while not stop_requested:
+                for c in children:
+                    if not c.alive() and not stop_requested:
+                        if c.restarts >= 5:
+                            raise RuntimeError(f"{c.name} keeps exiting; see {c.log_path}")
+                        c.restarts += 1
+                        logger.warning("%s exited (code %s); restarting", c.name, c.proc.returncode)
+                        c.start()
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            print("stopping API, index daemon and worker ...", flush=True)
+            for c in reversed(children):
+                c.stop()
+            (Path(settings.var_dir) / "up.pid").unlink(missing_ok=True)
+            if services is not None:
+                print("stopping embedded PostgreSQL and Redis ...", flush=True)
+    print("stopped", flush=True)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    pid_file = Path(load_settings().var_dir) / "up.pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        print("no running `lookalike up` found")
+        return 0
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        print("no running `lookalike up` found (stale pid file removed)")
+        return 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print("stopped")
+            return 0
+        time.sleep(0.3)
+    print(f"`lookalike up` (pid {pid}) is still stopping", file=sys.stderr)
+    return 1
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from lookalike.catalogue import ingest_catalogue, rows_for
+
+    settings = load_settings()
+    api_url = f"http://{settings.api_host}:{settings.api_port}"
+    try:
+        requests.get(f"{api_url}/healthz", timeout=2).raise_for_status()
+    except requests.RequestException:
+        print(f"the API is not running at {api_url}; start it with `lookalike up`", file=sys.stderr)
+        return 1
+    with services_for(settings, need_redis=False) as (resolved, _):
+        rows = rows_for(data=args.data, catalog=args.catalog, limit=args.limit)
+        ingest_catalogue(rows, api_url=api_url, settings=resolved, wait=args.wait)
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    api_url = f"http://{settings.api_host}:{settings.api_port}"
+    if not settings.admin_token:
+        print("set LOOKALIKE_ADMIN_TOKEN (the API's admin token) to reindex", file=sys.stderr)
+        return 2
+    headers = {"Authorization": f"Bearer {settings.admin_token}"}
+    body = {k: v for k, v in (("category", args.category), ("older_than", args.older_than)) if v}
+    try:
+        r = requests.post(f"{api_url}/v1/admin/reindex", json=body, headers=headers, timeout=10)
+    except requests.RequestException:
+        print(f"the API is not running at {api_url}; start it with `lookalike up`", file=sys.stderr)
+        return 1
+    if r.status_code != 202:
+        print(f"reindex refused: {r.status_code} {r.text}", file=sys.stderr)
+        return 1
+    job = r.json()
+    print(json.dumps(job))
+    if args.no_wait:
+        return 0
+    from tqdm import tqdm
+
+    bar = None
+    while True:
+        p = requests.get(f"{api_url}/v1/admin/jobs/{job['job_id']}", headers=headers, timeout=10).json()
+        prog = p["progress"]
+        if bar is None and prog["total"]:
+            bar = tqdm(total=prog["total"], desc="reindex", unit="listing")
+        if bar is not None:
+            bar.n = prog["done"] + prog["failed"] + prog["superseded"]
+            bar.refresh()
+        if p["status"] != "running":
+            if bar is not None:
+                bar.close()
+            print(json.dumps(p))
+            return 0 if p["status"] == "done" else 1
+        time.sleep(0.5)

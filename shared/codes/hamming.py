@@ -1,0 +1,681 @@
+"""Popcount kernel: Hamming distances and fused xor + popcount + top-k over packed codes (numba), plus a numpy reference."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = [
+    "hamming_distances",
+    "top_k",
+    "top_k_parallel",
+    "top_k_reference",
+    "check_query",
+    "check_codes",
+    "as_words",
+    "warm_up",
+]
+
+# Candidate buffer floor: compaction (a histogram over distances) runs at most once per (cap - k) admitted rows.
+_MIN_CAP = 2048
+# Below this many rows per thread, splitting the scan costs more (thread hand-off, ~50 us) than it saves.
+_MIN_ROWS_PER_THREAD = 250_000
+
+_EMPTY_I32 = np.empty(0, dtype=np.int32)
+_EMPTY_I64 = np.empty(0, dtype=np.int64)
+_EMPTY_U8 = np.empty(0, dtype=np.uint8)
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """llvm.ctpop on any integer width; LLVM lowers it to popcnt / vpopcntq (AVX-512) when the host has them."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        (val,) = args
+        fnty = ir.FunctionType(val.type, [val.type])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.ctpop.i{val.type.width}")
+        res = builder.call(fn, [val])
+        if val.type.width < 64:
+            res = builder.zext(res, ir.IntType(64))
+        return res
+
+    return types.int64(x), codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_dist(q, codes, r):
+    s = 0
+    for w in range(q.shape[0]):
+        s += _popcount(codes[r, w] ^ q[w])
+    return s
+
+
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_V8I64 = ir.VectorType(_I64, 8)
+_V8I32 = ir.VectorType(_I32, 8)
+
+
+def _make_group8(nw: int, gather: bool):
+    """Build an intrinsic: distances of 8 rows at once with 512-bit vectors, for codes of nw uint64 words (a power of 2).
+
+    Loads the 8 rows as nw vectors of 8 words (row-major), xors them with the tiled query, popcounts every word
+    (vpopcntq), then sums adjacent lanes pairwise log2(nw) times, which leaves one lane per row. Writes the 8 distances
+    to dbuf[0:8] and returns a bit mask of the rows with distance <= thr, so the caller skips whole groups with one
+    test. LLVM does not find this itself: numba's row loop stays scalar (4 popcnt per 256-bit row, ~2x slower).
+    `first` is the first row (contiguous) or the index of the first of 8 row numbers in `rows` (gather).
+    """
+    piece = min(nw, 8)
+
+    @intrinsic
+    def group8(typingctx, codes, first, rows, qt, thr, dbuf):
+        sig = types.int64(codes, first, rows, qt, thr, dbuf)
+
+        def codegen(context, builder, signature, args):
+            codes_v, first_v, rows_v, qt_v, thr_v, dbuf_v = args
+            codes_t, first_t, rows_t, qt_t, thr_t, dbuf_t = signature.args
+            # Only ever executed for uint64 codes (callers test itemsize); the cast keeps uint8 builds compiling.
+            data = builder.bitcast(context.make_array(codes_t)(context, builder, codes_v).data, _I64.as_pointer())
+            qdata = builder.bitcast(context.make_array(qt_t)(context, builder, qt_v).data, _I64.as_pointer())
+            ddata = context.make_array(dbuf_t)(context, builder, dbuf_v).data
+            first = context.cast(builder, first_v, first_t, types.int64)
+            n_words = ir.Constant(_I64, nw)
+            if gather:
+                rdata = context.make_array(rows_t)(context, builder, rows_v).data
+                row_ptrs = []
+                for t in range(8):
+                    r = builder.load(builder.gep(rdata, [builder.add(first, ir.Constant(_I64, t))]))
+                    r = context.cast(builder, r, rows_t.dtype, types.int64)
+                    row_ptrs.append(builder.gep(data, [builder.mul(r, n_words)]))
+            else:
+                start = builder.gep(data, [builder.mul(first, n_words)])
+            ctpop = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V8I64, [_V8I64]), "llvm.ctpop.v8i64"
+            )
+            vecs = []
+            for v in range(nw):
+                if not gather:
+                    p = builder.gep(start, [ir.Constant(_I64, 8 * v)])
+                    x = builder.load(builder.bitcast(p, _V8I64.as_pointer()), align=1)
+                else:
+                    pieces = []
+                    for pc in range(8 // piece):
+                        lane = 8 * v + pc * piece
+                        p = builder.gep(row_ptrs[lane // nw], [ir.Constant(_I64, lane % nw)])
+                        if piece == 1:
+                            pieces.append(builder.load(p, align=1))
+                        else:
+                            vt = ir.VectorType(_I64, piece)
+                            pieces.append(builder.load(builder.bitcast(p, vt.as_pointer()), align=1))
+                    if piece == 1:
+                        x = ir.Constant(_V8I64, ir.Undefined)
+                        for i, s in enumerate(pieces):
+                            x = builder.insert_element(x, s, ir.Constant(_I32, i))
+                    else:
+                        size = piece
+                        while len(pieces) > 1:
+                            mask = ir.Constant(ir.VectorType(_I32, 2 * size), list(range(2 * size)))
+                            pieces = [
+                                builder.shuffle_vector(pieces[i], pieces[i + 1], mask)
+                                for i in range(0, len(pieces), 2)
+                            ]
+                            size *= 2
+                        x = pieces[0]
+                qp = builder.gep(qdata, [ir.Constant(_I64, (8 * v) % max(8, nw))])
+                qv = builder.load(builder.bitcast(qp, _V8I64.as_pointer()), align=1)
+                vecs.append(builder.call(ctpop, [builder.xor(x, qv)]))
+            even = ir.Constant(_V8I32, list(range(0, 16, 2)))
+            odd = ir.Constant(_V8I32, list(range(1, 16, 2)))
+            while len(vecs) > 1:
+                vecs = [
+                    builder.add(
+                        builder.shuffle_vector(vecs[i], vecs[i + 1], even),
+                        builder.shuffle_vector(vecs[i], vecs[i + 1], odd),
+                    )
+                    for i in range(0, len(vecs), 2)
+                ]
+            s = vecs[0]
+            builder.store(builder.trunc(s, _V8I32), builder.bitcast(ddata, _V8I32.as_pointer()), align=1)
+            thr = context.cast(builder, thr_v, thr_t, types.int64)
+            splat = builder.insert_element(ir.Constant(_V8I64, ir.Undefined), thr, ir.Constant(_I32, 0))
+            splat = builder.shuffle_vector(splat, ir.Constant(_V8I64, ir.Undefined), ir.Constant(_V8I32, [0] * 8))
+            m = builder.icmp_signed("<=", s, splat)
+            return builder.zext(builder.bitcast(m, ir.IntType(8)), _I64)
+
+        return sig, codegen
+
+    return group8
+
+
+_G2, _G4, _G8, _G16 = (_make_group8(w, False) for w in (2, 4, 8, 16))
+_G2R, _G4R, _G8R, _G16R = (_make_group8(w, True) for w in (2, 4, 8, 16))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _vector_words(q):
+    # Word counts with a vector path; everything else (odd byte lengths included) takes the scalar loop.
+    nw = q.shape[0]
+    return q.itemsize == 8 and (nw == 2 or nw == 4 or nw == 8 or nw == 16)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _group8(codes, first, rows, use_rows, qt, thr, dbuf):
+    nw = codes.shape[1]
+    if use_rows:
+        if nw == 4:
+            return _G4R(codes, first, rows, qt, thr, dbuf)
+        if nw == 8:
+            return _G8R(codes, first, rows, qt, thr, dbuf)
+        if nw == 2:
+            return _G2R(codes, first, rows, qt, thr, dbuf)
+        return _G16R(codes, first, rows, qt, thr, dbuf)
+    if nw == 4:
+        return _G4(codes, first, rows, qt, thr, dbuf)
+    if nw == 8:
+        return _G8(codes, first, rows, qt, thr, dbuf)
+    if nw == 2:
+        return _G2(codes, first, rows, qt, thr, dbuf)
+    return _G16(codes, first, rows, qt, thr, dbuf)
+
+
+@njit(cache=True, nogil=True)
+def _compact(cd, cr, cnt, kk, ids, use_ids, hist):
+    """Keep exactly the best kk of cd/cr[:cnt] by (distance, id); return (new count, threshold d, threshold id)."""
+    hist[:] = 0
+    for i in range(cnt):
+        hist[cd[i]] += 1
+    cum = 0
+    t = 0
+    for t in range(hist.shape[0]):
+        if cum + hist[t] >= kk:
+            break
+        cum += hist[t]
+    need = kk - cum  # how many of the rows at distance t survive: the ones with the smallest ids
+    tie_ids = np.empty(hist[t], dtype=np.int64)
+    nt = 0
+    for i in range(cnt):
+        if cd[i] == t:
+            tie_ids[nt] = ids[cr[i]] if use_ids else cr[i]
+            nt += 1
+    tie_ids.sort()
+    id_cut = tie_ids[need - 1]
+    out = 0
+    for i in range(cnt):
+        d = cd[i]
+        if d < t or (d == t and (ids[cr[i]] if use_ids else cr[i]) <= id_cut):
+            cd[out] = d
+            cr[out] = cr[i]
+            out += 1
+    return out, t, id_cut
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _admit(d, r, cd, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude, hist):
+    # Admission rule: d < thr, or d == thr and id < thr_id. Until the buffer first fills everything is admitted;
+    # after each compaction (thr, thr_id) is the k-th best so far, so the buffer never holds more than cap rows.
+    if d > thr:
+        return cnt, thr, thr_id
+    if d == thr:
+        if (ids[r] if use_ids else r) >= thr_id:
+            return cnt, thr, thr_id
+    if use_exclude:
+        if exclude[r] != 0:
+            return cnt, thr, thr_id
+    cd[cnt] = d
+    cr[cnt] = r
+    cnt += 1
+    if cnt == cd.shape[0]:
+        cnt, thr, thr_id = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
+    return cnt, thr, thr_id
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tiled_query(q):
+    # The query repeated to fill whole 8-word vectors (or q itself when it is already >= 8 words).
+    nw = q.shape[0]
+    qt = np.empty(max(8, nw), dtype=q.dtype)
+    for i in range(qt.shape[0]):
+        qt[i] = q[i % nw]
+    return qt
+
+
+@njit(cache=True, nogil=True)
+def _finish(cd, cr, cnt, kk, ids, use_ids, hist):
+    """Exact top-kk of the candidate buffer, ordered by distance then id (two stable sorts over <= cap rows)."""
+    if cnt > kk:
+        cnt, _, _ = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
+    key = np.empty(cnt, dtype=np.int64)
+    for i in range(cnt):
+        key[i] = ids[cr[i]] if use_ids else cr[i]
+    o1 = np.argsort(key, kind="mergesort")
+    d1 = cd[:cnt][o1]
+    order = o1[np.argsort(d1, kind="mergesort")]
+    cnt = min(cnt, kk)
+    out_d = np.empty(cnt, dtype=np.int32)
+    out_r = np.empty(cnt, dtype=np.int64)
+    for i in range(cnt):
+        out_d[i] = cd[order[i]]
+        out_r[i] = cr[order[i]]
+    return out_d, out_r
+
+
+@njit(cache=True, nogil=True)
+def _top_k_range(q, codes, start, stop, k, ids, use_ids, exclude, use_exclude):
+    """Top-k of codes[start:stop] by (distance, id) -> (dists int32 (k',), rows int64 (k',))."""
+    kk = min(k, stop - start)
+    if kk <= 0:
+        return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64)
+    max_d = q.shape[0] * q.itemsize * 8
+    cd = np.empty(max(4 * kk, _MIN_CAP), dtype=np.int32)
+    cr = np.empty(cd.shape[0], dtype=np.int64)
+    hist = np.empty(max_d + 1, dtype=np.int64)
+    dbuf = np.empty(8, dtype=np.int32)
+    no_rows = np.empty(0, dtype=np.int32)
+    cnt = 0
+    thr = max_d + 1
+    thr_id = 0
+    j = start
+    if _vector_words(q):
+        qt = _tiled_query(q)
+        while j + 8 <= stop:
+            m = _group8(codes, j, no_rows, False, qt, thr, dbuf)
+            if m != 0:
+                for t in range(8):
+                    if (m >> t) & 1:
+                        cnt, thr, thr_id = _admit(
+                            dbuf[t], j + t, cd, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude, hist
+                        )
+            j += 8
+    while j < stop:
+        d = _row_dist(q, codes, j)
+        cnt, thr, thr_id = _admit(d, j, cd, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude, hist)
+        j += 1
+    return _finish(cd, cr, cnt, kk, ids, use_ids, hist)
+
+
+@njit(cache=True, nogil=True)
+def _top_k_rows(q, codes, rows, start, stop, k, ids, use_ids, exclude, use_exclude):
+    """Top-k of the rows listed in rows[start:stop] -> (dists, rows, ok); ok is False when a row is out of range."""
+    kk = min(k, stop - start)
+    if kk <= 0:
+        return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64), True
+    n = codes.shape[0]
+    # One pass over the row numbers first: numba does not bounds-check, and the gather must never read past codes.
+    for j in range(start, stop):
+        if rows[j] < 0 or rows[j] >= n:
+            return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64), False
+    max_d = q.shape[0] * q.itemsize * 8
+    cd = np.empty(max(4 * kk, _MIN_CAP), dtype=np.int32)
+    cr = np.empty(cd.shape[0], dtype=np.int64)
+    hist = np.empty(max_d + 1, dtype=np.int64)
+    dbuf = np.empty(8, dtype=np.int32)
+    cnt = 0
+    thr = max_d + 1
+    thr_id = 0
+    j = start
+    if _vector_words(q):
+        qt = _tiled_query(q)
+        while j + 8 <= stop:
+            m = _group8(codes, j, rows, True, qt, thr, dbuf)
+            if m != 0:
+                for t in range(8):
+                    if (m >> t) & 1:
+                        cnt, thr, thr_id = _admit(
+                            dbuf[t], rows[j + t], cd, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude,
+                            hist,
+                        )
+            j += 8
+    while j < stop:
+        r = rows[j]
+        d = _row_dist(q, codes, r)
+        cnt, thr, thr_id = _admit(d, r, cd, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude, hist)
+        j += 1
+    out_d, out_r = _finish(cd, cr, cnt, kk, ids, use_ids, hist)
+    return out_d, out_r, True
+
+
+@njit(cache=True, nogil=True)
+def _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids):
+    """Keep the best kk of the blended candidates by (score, id); return (count, threshold score, threshold id)."""
+    key = np.empty(cnt, dtype=np.int64)
+    for i in range(cnt):
+        key[i] = ids[cr[i]] if use_ids else cr[i]
+    o1 = np.argsort(key, kind="mergesort")
+    s1 = cs[:cnt][o1]
+    order = o1[np.argsort(s1, kind="mergesort")]
+    keep = min(cnt, kk)
+    ts = cs[order[:keep]].copy()
+    td = cd[order[:keep]].copy()
+    tl = cl[order[:keep]].copy()
+    tr = cr[order[:keep]].copy()
+    cs[:keep] = ts
+    cd[:keep] = td
+    cl[:keep] = tl
+    cr[:keep] = tr
+    return keep, ts[keep - 1], key[order[keep - 1]]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _blend_admit(d, r, aux_q, aux, w_d, w_l, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude):
+    if use_exclude:
+        if exclude[r] != 0:
+            return cnt, thr, thr_id
+    l1 = 0
+    for b in range(aux_q.shape[0]):
+        l1 += abs(np.int32(aux[r, b]) - np.int32(aux_q[b]))
+    s = w_d * d + w_l * l1
+    if s > thr:
+        return cnt, thr, thr_id
+    if s == thr:
+        if (ids[r] if use_ids else r) >= thr_id:
+            return cnt, thr, thr_id
+    cs[cnt] = s
+    cd[cnt] = d
+    cl[cnt] = l1
+    cr[cnt] = r
+    cnt += 1
+    if cnt == cs.shape[0]:
+        cnt, thr, thr_id = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
+    return cnt, thr, thr_id
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _d_bound(thr, w_d, max_d):
+    # Largest distance that can still beat the k-th blended score (the aux term is >= 0); +1 absorbs rounding.
+    if w_d <= 0.0 or thr >= w_d * (max_d + 1):
+        return max_d + 1
+    return np.int64(thr / w_d) + 1
+
+
+@njit(cache=True, nogil=True)
+def _blend_scan(q, codes, rows, use_rows, start, stop, k, aux_q, aux, w_d, w_l, ids, use_ids, exclude, use_exclude):
+    """Exact top-k by w_d * hamming + w_l * L1(aux), ties by id -> (scores f64, dists i32, l1 i32, rows i64)."""
+    kk = min(k, stop - start)
+    if kk <= 0:
+        return np.empty(0, np.float64), np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int64)
+    max_d = q.shape[0] * q.itemsize * 8
+    cap = max(4 * kk, _MIN_CAP)
+    cs = np.empty(cap, dtype=np.float64)
+    cd = np.empty(cap, dtype=np.int32)
+    cl = np.empty(cap, dtype=np.int32)
+    cr = np.empty(cap, dtype=np.int64)
+    dbuf = np.empty(8, dtype=np.int32)
+    cnt = 0
+    thr = np.inf
+    thr_id = 0
+    j = start
+    if _vector_words(q):
+        qt = _tiled_query(q)
+        while j + 8 <= stop:
+            # Rows whose Hamming term alone already exceeds the k-th score are skipped without touching aux.
+            m = _group8(codes, j, rows, use_rows, qt, _d_bound(thr, w_d, max_d), dbuf)
+            if m != 0:
+                for t in range(8):
+                    if (m >> t) & 1:
+                        r = rows[j + t] if use_rows else j + t
+                        cnt, thr, thr_id = _blend_admit(
+                            dbuf[t], r, aux_q, aux, w_d, w_l, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids,
+                            exclude, use_exclude,
+                        )
+            j += 8
+    while j < stop:
+        r = rows[j] if use_rows else j
+        d = _row_dist(q, codes, r)
+        if d <= _d_bound(thr, w_d, max_d):
+            cnt, thr, thr_id = _blend_admit(
+                d, r, aux_q, aux, w_d, w_l, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude
+            )
+        j += 1
+    cnt, thr, thr_id = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids) if cnt > 0 else (0, thr, thr_id)
+    return cs[:cnt].copy(), cd[:cnt].copy(), cl[:cnt].copy(), cr[:cnt].copy()
+
+
+@njit(cache=True, nogil=True)
+def _distances_kernel(q, codes, out):
+    n = codes.shape[0]
+    rows = np.empty(0, dtype=np.int32)
+    dbuf = np.empty(8, dtype=np.int32)
+    j = 0
+    if _vector_words(q):
+        qt = _tiled_query(q)
+        while j + 8 <= n:
+            _group8(codes, j, rows, False, qt, 0, dbuf)
+            out[j : j + 8] = dbuf
+            j += 8
+    while j < n:
+        out[j] = _row_dist(q, codes, j)
+        j += 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Boundary checks: dtype, shape and contiguity, with messages that say what was expected and what was found.
+
+
+def check_codes(codes: np.ndarray, name: str = "codes") -> None:
+    """Raise unless codes is a C-contiguous uint8 (n, n_bytes) array with n_bytes >= 1."""
+    if not isinstance(codes, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(codes).__name__}")
+    if codes.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8, got {codes.dtype}")
+    if codes.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n, n_bytes), got shape {codes.shape}")
+    if codes.shape[1] == 0:
+        raise ValueError(f"{name} must have n_bytes >= 1, got shape {codes.shape}")
+    if not codes.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray once, not per query)")
+
+
+def check_query(q: np.ndarray, n_bytes: int) -> None:
+    """Raise unless q is a uint8 (n_bytes,) array."""
+    if not isinstance(q, np.ndarray):
+        raise TypeError(f"q must be a numpy array, got {type(q).__name__}")
+    if q.dtype != np.uint8:
+        raise TypeError(f"q must be uint8, got {q.dtype}")
+    if q.shape != (n_bytes,):
+        raise ValueError(f"q must have shape ({n_bytes},) to match codes, got {q.shape}")
+
+
+def as_words(codes: np.ndarray) -> np.ndarray:
+    """View uint8 (n, n_bytes) codes as uint64 (n, n_bytes // 8) words when n_bytes % 8 == 0 (no copy), else as is."""
+    if codes.shape[1] % 8 == 0:
+        return codes.view(np.uint64)
+    return codes
+
+
+def _check_rows(rows: np.ndarray | None) -> np.ndarray:
+    if rows is None:
+        return _EMPTY_I32
+    if not isinstance(rows, np.ndarray):
+        raise TypeError(f"rows must be a numpy array, got {type(rows).__name__}")
+    if rows.dtype != np.int32 and rows.dtype != np.int64:
+        raise TypeError(f"rows must be int32 or int64, got {rows.dtype}")
+    if rows.ndim != 1:
+        raise ValueError(f"rows must be 1-D, got shape {rows.shape}")
+    return rows
+
+
+def _check_ids(ids: np.ndarray | None, n: int) -> np.ndarray:
+    if ids is None:
+        return _EMPTY_I64
+    if not isinstance(ids, np.ndarray):
+        raise TypeError(f"ids must be a numpy array, got {type(ids).__name__}")
+    if ids.dtype != np.int64:
+        raise TypeError(f"ids must be int64, got {ids.dtype}")
+    if ids.shape != (n,):
+        raise ValueError(f"ids must have shape ({n},) to match codes, got {ids.shape}")
+    return ids
+
+
+def _check_exclude(exclude: np.ndarray | None, n: int) -> np.ndarray:
+    if exclude is None:
+        return _EMPTY_U8
+    if not isinstance(exclude, np.ndarray):
+        raise TypeError(f"exclude must be a numpy array, got {type(exclude).__name__}")
+    if exclude.dtype != np.uint8 and exclude.dtype != np.bool_:
+        raise TypeError(f"exclude must be uint8 or bool, got {exclude.dtype}")
+    if exclude.shape != (n,):
+        raise ValueError(f"exclude must have shape ({n},) to match codes, got {exclude.shape}")
+    return exclude.view(np.uint8)
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    return int(k)
+
+
+def _prepared(q: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    check_codes(codes)
+    check_query(q, codes.shape[1])
+    words = as_words(codes)
+    qw = np.ascontiguousarray(q).view(words.dtype) if words.dtype == np.uint64 else np.ascontiguousarray(q)
+    return qw, words
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Public API.
+
+
+def hamming_distances(q: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Hamming distance from one query code to every code.
+
+    q: uint8 (n_bytes,), codes: uint8 (n, n_bytes) C-contiguous -> dists: int32 (n,).
+    """
+    qw, words = _prepared(q, codes)
+    out = np.empty(codes.shape[0], dtype=np.int32)
+    _distances_kernel(qw, words, out)
+    return out
+
+
+def top_k(
+    q: np.ndarray,
+    codes: np.ndarray,
+    k: int,
+    *,
+    rows: np.ndarray | None = None,
+    ids: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k codes nearest to q in Hamming distance, exact, one thread (releases the GIL).
+
+    q: uint8 (n_bytes,); codes: uint8 (n, n_bytes) C-contiguous.
+    rows: int32 or int64 (m,) | None -- scan only these row numbers (a posting list), in any order.
+    ids: int64 (n,) | None -- tie-break key per row (listing ids); None means the row number itself.
+    exclude: uint8/bool (n,) | None -- rows to skip when nonzero (tombstones); checked only for rows that would enter
+        the top-k, so it costs nothing on rows that lose anyway.
+    start, stop: scan only rows[start:stop] (or codes[start:stop] when rows is None); a category's range in a
+        category-sorted snapshot, without slicing.
+    Returns dists: int32 (k',), idx: int64 (k',) -- row numbers into codes, sorted by (distance, id); k' is
+    min(k, rows scanned that are not excluded). A row listed twice in `rows` is scanned twice but reported once per
+    (distance, id) only if its id differs; callers pass duplicate-free posting lists.
+    """
+    k = _check_k(k)
+    qw, words = _prepared(q, codes)
+    n = codes.shape[0]
+    rows_a = _check_rows(rows)
+    ids_a = _check_ids(ids, n)
+    excl_a = _check_exclude(exclude, n)
+    total = rows_a.shape[0] if rows is not None else n
+    stop = total if stop is None else stop
+    if not 0 <= start <= stop <= total:
+        raise ValueError(f"need 0 <= start <= stop <= {total}, got start={start}, stop={stop}")
+    if rows is None:
+        return _top_k_range(qw, words, start, stop, k, ids_a, ids is not None, excl_a, exclude is not None)
+    dists, idx, ok = _top_k_rows(qw, words, rows_a, start, stop, k, ids_a, ids is not None, excl_a, exclude is not None)
+    if not ok:
+        raise IndexError(f"rows must be in [0, {n}), got a row out of range")
+    return dists, idx
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    # One pool for the process, made on first use (nothing happens at import); the kernel releases the GIL.
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="hamming")
+    return _POOL
+
+
+def top_k_parallel(
+    q: np.ndarray,
+    codes: np.ndarray,
+    k: int,
+    *,
+    ids: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+    start: int = 0,
+    stop: int | None = None,
+    n_threads: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """top_k over codes[start:stop] split across n_threads threads; same contract and same results as top_k.
+
+    Each thread keeps its own exact top-k of its slice (the global top-k is a subset of their union under the same
+    (distance, id) order), then the k' best are merged here. Plain Python threads over the GIL-free kernel rather than
+    numba prange: any number of request threads may call this at once, which numba's workqueue layer does not allow.
+    """
+    k = _check_k(k)
+    qw, words = _prepared(q, codes)
+    n = codes.shape[0]
+    ids_a = _check_ids(ids, n)
+    excl_a = _check_exclude(exclude, n)
+    stop = n if stop is None else stop
+    if not 0 <= start <= stop <= n:
+        raise ValueError(f"need 0 <= start <= stop <= {n}, got start={start}, stop={stop}")
+    n_threads = max(1, min(int(n_threads), (stop - start) // _MIN_ROWS_PER_THREAD))
+    if n_threads == 1:
+        return top_k(q, codes, k, ids=ids, exclude=exclude, start=start, stop=stop)
+    bounds = np.linspace(start, stop, n_threads + 1).astype(np.int64)
+    use_ids, use_excl = ids is not None, exclude is not None
+
+    def one(i: int) -> tuple[np.ndarray, np.ndarray]:
+        return _top_k_range(qw, words, int(bounds[i]), int(bounds[i + 1]), k, ids_a, use_ids, excl_a, use_excl)
+
+    # The calling thread scans the last slice itself, so one request never waits on a busy pool for all of its work.
+    futures = [_pool().submit(one, i) for i in range(n_threads - 1)]
+    parts = [one(n_threads - 1)] + [f.result() for f in futures]
+    d = np.concatenate([p[0] for p in parts])
+    r = np.concatenate([p[1] for p in parts])
+    key = ids_a[r] if use_ids else r
+    order = np.lexsort((key, d))[:k]
+    return d[order], r[order]
+
+
+def top_k_reference(
+    q: np.ndarray, codes: np.ndarray, k: int, *, rows: np.ndarray | None = None, ids: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Naive numpy top_k (unpack bits, count, sort by (distance, id)): slow, obviously right; for tests only."""
+    k = _check_k(k)
+    check_codes(codes)
+    check_query(q, codes.shape[1])
+    n = codes.shape[0]
+    cand = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    bits = np.unpackbits(codes[cand] ^ q[None, :], axis=1)
+    d = bits.sum(axis=1).astype(np.int32)
+    key = cand if ids is None else ids[cand]
+    order = np.lexsort((key, d))[:k]
+    return d[order], cand[order]
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's on-disk cache) the kernels for the shapes the daemon uses; ~ms when cached."""
+    for n_bytes in (32, 64, 25):
+        codes = np.zeros((4, n_bytes), dtype=np.uint8)
+        q = np.zeros(n_bytes, dtype=np.uint8)
+        hamming_distances(q, codes)
+        top_k(q, codes, 2)
+        top_k(q, codes, 2, ids=np.arange(4, dtype=np.int64), exclude=np.zeros(4, dtype=np.uint8))
+        top_k(q, codes, 2, rows=np.arange(2, dtype=np.int32))
+        top_k(q, codes, 2, rows=np.arange(2, dtype=np.int32), ids=np.arange(4, dtype=np.int64))

@@ -1,0 +1,345 @@
+"""Safe image intake: bytes or a file in, a loaded 8-bit RGB image out, or an ImageError a seller can read."""
+from __future__ import annotations
+
+import codecs
+import hashlib
+import io
+import logging
+import os
+import re
+import struct
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from shared.errors import ImageError
+
+logger = logging.getLogger(__name__)
+
+# What decode_image reads: the file's bytes, or a path to it.
+ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike]
+
+_ACCEPTED_WORDS = "use JPEG, PNG, WebP or GIF"
+
+# Longest side we accept, whatever the pixel count: a 1 x 30M strip fits the pixel cap but is
+# not a product photo and makes resizers allocate huge rows. JPEG tops out at 65535, WebP at 16383.
+MAX_SIDE_PX = 30_000
+
+# Non-image files sellers send by mistake, recognised by their first bytes, so the message can say
+# what the file is. (kind, label, prefixes); kind "format" = an image format we don't accept.
+_DISALLOWED_SIGNATURES: tuple[tuple[str, str, tuple[bytes, ...]], ...] = (
+    ("format", "TIFF", (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")),
+    ("format", "ICO", (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00")),
+    ("format", "PSD", (b"8BPS",)),
+    ("format", "JPEG 2000", (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")),
+    ("format", "JPEG XL", (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")),
+    ("format", "QOI", (b"qoif",)),
+    ("format", "DDS", (b"DDS ",)),
+    ("format", "ICNS", (b"icns",)),
+    ("format", "EPS", (b"%!PS", b"\xc5\xd0\xd3\xc6")),
+    ("file", "a PDF document", (b"%PDF",)),
+    ("file", "a ZIP archive (or an Office document)", (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")),
+    ("file", "a gzip archive", (b"\x1f\x8b",)),
+    ("file", "a RAR archive", (b"Rar!\x1a\x07",)),
+    ("file", "a 7-Zip archive", (b"7z\xbc\xaf\x27\x1c",)),
+    ("file", "a program", (b"\x7fELF", b"MZ")),
+)
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+
+def decode_image(data: ImageSource, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Decode JPEG/PNG/WebP/GIF (frame 0) bytes or a file into a loaded 8-bit RGB image, else raise ImageError."""
+    raw = _read_source(data, max_bytes=max_bytes)
+    fmt = _sniff_format(raw)
+    _check_container_length(fmt, raw)
+    _refuse_truncated_loading()
+    try:
+        # formats=[fmt]: only the plugin that owns these magic bytes may parse them.
+        img = Image.open(io.BytesIO(raw), formats=[fmt])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own process-wide cap fired inside open(), before our check could run (the
+        # warning arrives as an exception only under -W error; we never touch the filters).
+        raise ImageError(_too_many_pixels_message(fmt, raw, max_pixels, exc)) from exc
+    except Exception as exc:  # every Pillow parser failure mode: SyntaxError, OSError, struct.error, ...
+        raise ImageError(_header_failure_message(fmt, raw)) from exc
+    try:
+        _check_dimensions(img.size, max_pixels=max_pixels)
+        # open() read only the header; this decodes frame 0 (later GIF/WebP frames are never read).
+        img.load()
+        rgb = to_rgb(_apply_exif_orientation(img))
+        # The caller owns the result; `img` is closed below, which would release shared pixels.
+        return rgb.copy() if rgb is img else rgb
+    except ImageError:
+        raise
+    except Exception as exc:  # MemoryError included: with the pixel cap in place, it means this image.
+        raise ImageError(_load_failure_message(exc)) from exc
+    finally:
+        img.close()
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; alpha (or palette transparency) is composited on white."""
+    if img.mode == "RGB" and "transparency" not in img.info:
+        return img
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        return _wide_grey_to_rgb(img)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    # 1, L, P, CMYK, YCbCr, LAB, HSV, RGBX: Pillow's converters are correct for these.
+    return img.convert("RGB")
+
+
+def image_sha256(data: bytes) -> str:
+    """Hex SHA-256 of the raw file bytes (dedup key for listing and query images)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def encode_jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    """Encode an image as a baseline JPEG (RGB, no metadata); quality 1..95."""
+    if not 1 <= quality <= 95:
+        # Pillow's docs: above 95 only grows the file.
+        raise ValueError(f"quality must be within 1..95, got {quality}")
+    rgb = img if img.mode == "RGB" else to_rgb(img)
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# steps of decode_image
+
+
+def _read_source(data: ImageSource, *, max_bytes: int) -> bytes:
+    """The file's bytes, refusing empty and oversized input before anything is parsed."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        raw = bytes(data)
+    elif isinstance(data, (str, os.PathLike)):
+        try:
+            with open(data, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size > max_bytes:
+                    raise ImageError(_too_many_bytes_message(size, max_bytes))
+                # +1 so a file that grew after fstat is still caught below.
+                raw = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageError(f"image file could not be read ({exc.strerror or exc})") from exc
+    else:
+        raise ImageError(f"expected image bytes or a file path, got {type(data).__name__}")
+    if not raw:
+        raise ImageError("image file is empty (0 bytes)")
+    if len(raw) > max_bytes:
+        raise ImageError(_too_many_bytes_message(len(raw), max_bytes))
+    return raw
+
+
+def sniff_content_type(raw: bytes) -> str:
+    """The MIME type of accepted image bytes (what we serve the stored photo as); ImageError otherwise."""
+    return {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}[_sniff_format(raw)]
+
+
+def _sniff_format(raw: bytes) -> str:
+    """JPEG, PNG, GIF or WEBP from the magic bytes (the only Pillow plugins we let parse); else say what it is."""
+    if raw.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if raw.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "WEBP"
+    raise ImageError(_describe_unaccepted(raw))
+
+
+def _describe_unaccepted(raw: bytes) -> str:
+    """A seller-facing sentence naming what a non-accepted file is."""
+    # BMP's magic is only "BM"; the reserved zero bytes keep text like "BMX bikes" from matching.
+    if raw[:2] == b"BM" and len(raw) >= 14 and raw[6:10] == b"\x00\x00\x00\x00":
+        return f"format BMP is not accepted; {_ACCEPTED_WORDS}"
+    if raw[4:8] == b"ftyp":
+        brand = raw[8:12]
+        if brand in _HEIF_BRANDS:
+            return f"format HEIC is not accepted; {_ACCEPTED_WORDS} (phones can export as JPEG)"
+        if brand in _AVIF_BRANDS:
+            return f"format AVIF is not accepted; {_ACCEPTED_WORDS}"
+        return f"file is a video, not an image; {_ACCEPTED_WORDS}"
+    if raw[:4] == b"RIFF":
+        return f"file is audio or video (RIFF), not an image; {_ACCEPTED_WORDS}"
+    if len(raw) >= 3 and raw[:1] == b"P" and raw[1:2] in b"1234567" and raw[2:3] in b" \t\r\n":
+        return f"format PPM/PGM is not accepted; {_ACCEPTED_WORDS}"
+    for kind, label, prefixes in _DISALLOWED_SIGNATURES:
+        if raw.startswith(prefixes):
+            if kind == "format":
+                return f"format {label} is not accepted; {_ACCEPTED_WORDS}"
+            return f"file is {label}, not an image; {_ACCEPTED_WORDS}"
+    text_kind = _text_kind(raw[:4096])
+    if text_kind is not None:
+        return f"file is {text_kind}, not an image; {_ACCEPTED_WORDS}"
+    return f"file is not a recognised image; {_ACCEPTED_WORDS}"
+
+
+def _check_container_length(fmt: str, raw: bytes) -> None:
+    """WebP states its own length up front; libwebp reports a short file only as 'could not create decoder'."""
+    if fmt == "WEBP" and len(raw) >= 12:
+        (riff_size,) = struct.unpack("<I", raw[4:8])
+        if 8 + riff_size > len(raw):
+            raise ImageError("image is truncated (the file ends before the picture does); upload it again")
+
+
+def _text_kind(head: bytes) -> str | None:
+    """'an SVG drawing' / 'an HTML page' / 'text' when the head looks like text, else None."""
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n\x0c").lower()
+    if stripped.startswith(b"<"):
+        if b"<svg" in stripped:
+            return "an SVG drawing (vector images are not accepted)"
+        if b"<html" in stripped or stripped.startswith(b"<!doctype html") or b"<body" in stripped:
+            return "an HTML page (a web page, not its picture)"
+        return "an XML or HTML document"
+    try:
+        # final=False: the 4 KB cut may split a multi-byte character.
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return None
+    # Control characters other than whitespace appear early in every binary format.
+    if all(ch >= " " or ch in "\t\n\r\x0c" for ch in text) and "\x7f" not in text:
+        return "text"
+    return None
+
+
+def _refuse_truncated_loading() -> None:
+    """Truncated files must fail; if some other code turned Pillow's process-wide override on, turn it off."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        logger.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was True; resetting it so truncated images fail")
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _check_dimensions(size: tuple[int, int], *, max_pixels: int) -> None:
+    """Refuse zero, overlong or too-many-pixel sizes read from the header, before pixels are decoded."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"image has invalid dimensions {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image is {width}x{height} = {_fmt_pixels(width * height)}, more than the {_fmt_pixels(max_pixels)} limit"
+        )
+    if max(width, height) > MAX_SIDE_PX:
+        raise ImageError(
+            f"image is {width}x{height}; sides longer than {MAX_SIDE_PX:,} pixels are not accepted"
+        )
+
+
+def _apply_exif_orientation(img: Image.Image) -> Image.Image:
+    """Rotate/flip per EXIF Orientation; a damaged EXIF block is ignored rather than failing a good picture."""
+    try:
+        transposed = ImageOps.exif_transpose(img)
+    except Exception:  # malformed EXIF (struct.error, KeyError, ...): pixels are still fine.
+        logger.info("ignoring unreadable EXIF orientation")
+        return img
+    return transposed if transposed is not None else img
+
+
+def _wide_grey_to_rgb(img: Image.Image) -> Image.Image:
+    """16/32-bit grey (PNG bit depth 16 opens as I;16 or I) -> 8-bit by keeping the high byte, not by clipping."""
+    arr = np.asarray(img)
+    if img.mode == "F":
+        grey8 = np.clip(arr, 0, 255).astype(np.uint8)
+    else:
+        # Pillow's own I -> L conversion clips at 255, which would turn most 16-bit images white.
+        grey8 = (np.clip(arr.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(grey8)).convert("RGB")
+
+
+# --------------------------------------------------------------------------------------------
+# messages
+
+
+def _header_failure_message(fmt: str, raw: bytes) -> str:
+    """Pillow could not read the header of a file whose magic bytes looked right."""
+    size = _peek_size(fmt, raw)
+    if size is not None and (size[0] <= 0 or size[1] <= 0):
+        return f"image has invalid dimensions {size[0]}x{size[1]}"
+    if len(raw) < 64:
+        return "image is truncated (the file ends right after its first bytes); upload it again"
+    return f"image is damaged: its {_format_word(fmt)} header could not be read"
+
+
+def _load_failure_message(exc: BaseException) -> str:
+    """Turn a pixel-decoding failure into words; Pillow says 'truncated' for early end of data."""
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError):
+        return "image is too large to decode"
+    if "truncated" in text or isinstance(exc, EOFError) or "end of file" in text or "premature" in text:
+        return "image is truncated (the file ends before the picture does); upload it again"
+    return "image is damaged: its pixel data is corrupt and could not be decoded"
+
+
+def _too_many_pixels_message(fmt: str, raw: bytes, max_pixels: int, exc: BaseException) -> str:
+    """Same wording as _check_dimensions, even though Pillow's cap fired first."""
+    size = _peek_size(fmt, raw)
+    if size is not None:
+        w, h = size
+        return f"image is {w}x{h} = {_fmt_pixels(w * h)}, more than the {_fmt_pixels(max_pixels)} limit"
+    match = re.search(r"\((\d+) pixels\)", str(exc))
+    if match:
+        return f"image is {_fmt_pixels(int(match.group(1)))}, more than the {_fmt_pixels(max_pixels)} limit"
+    return f"image has too many pixels (more than the {_fmt_pixels(max_pixels)} limit)"
+
+
+def _too_many_bytes_message(n_bytes: int, max_bytes: int) -> str:
+    return f"image file is {_fmt_bytes(n_bytes)}, more than the {_fmt_bytes(max_bytes)} limit"
+
+
+def _peek_size(fmt: str, raw: bytes) -> tuple[int, int] | None:
+    """Width and height straight from a PNG, GIF or JPEG header, for messages only (None if not found)."""
+    try:
+        if fmt == "PNG" and raw[12:16] == b"IHDR":
+            return struct.unpack(">II", raw[16:24])
+        if fmt == "GIF":
+            return struct.unpack("<HH", raw[6:10])
+        if fmt == "JPEG":
+            return _peek_jpeg_size(raw)
+    except struct.error:
+        return None
+    return None
+
+
+def _peek_jpeg_size(raw: bytes) -> tuple[int, int] | None:
+    """Walk JPEG marker segments up to the first SOFn and return its (width, height)."""
+    pos = 2
+    while pos + 4 <= len(raw):
+        if raw[pos] != 0xFF:
+            return None
+        marker = raw[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC), which share the range.
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", raw[pos + 5:pos + 9])
+            return width, height
+        (length,) = struct.unpack(">H", raw[pos + 2:pos + 4])
+        pos += 2 + length
+    return None
+
+
+def _format_word(fmt: str) -> str:
+    return "WebP" if fmt == "WEBP" else fmt
+
+
+def _fmt_pixels(n: int) -> str:
+    """400000000 -> '400 Mpx', 41943040 -> '41.9 Mpx', small counts in plain pixels."""
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:.1f}".rstrip("0").rstrip(".") + " Mpx"
+    return f"{n:,} px"
+
+
+def _fmt_bytes(n: int) -> str:
+    """Sizes the way a file browser shows them (MB = 1024*1024 bytes)."""
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):.1f}".rstrip("0").rstrip(".") + " MB"
+    if n >= 1024:
+        return f"{n / 1024:.1f}".rstrip("0").rstrip(".") + " KB"
+    return f"{n} bytes"

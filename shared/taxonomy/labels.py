@@ -1,0 +1,136 @@
+"""Labels for a folder laid out like ../shared/data: every image's taxonomy category, attributes and boxes.
+
+Sources (see ../shared/data/README.md): Myntra catalogue columns and titles, the clothing dataset's labels,
+and Colorful Fashion boxes. `source_labels.json` holds the label maps; attributes are also read from titles
+by synonym matching, restricted to the attributes that apply to the image's category.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from shared.taxonomy import Taxonomy, load_source_labels, load_taxonomy
+
+
+@dataclass(frozen=True)
+class Box:
+    category_id: int
+    xyxy: tuple[float, float, float, float]  # pixels of the staged image, x right, y down
+    source_class: str
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    id: str
+    dataset: str
+    path: Path
+    split: str
+    category_id: int | None  # None: the source label is explicitly dropped
+    attribute_ids: tuple[int, ...]
+    title: str
+    width: int
+    height: int
+    source_label: str
+    boxes: tuple[Box, ...] = field(default=())
+    base_colour: str = ""
+
+
+@lru_cache(maxsize=8)
+def _synonym_patterns(version: str) -> list[tuple[int, re.Pattern[str]]]:
+    tax = load_taxonomy()
+    out = []
+    for a in tax.attributes:
+        words = sorted(a.synonyms, key=len, reverse=True)
+        pat = r"(?<![a-z0-9])(?:" + "|".join(re.escape(w.lower()) for w in words) + r")(?![a-z0-9])"
+        out.append((a.id, re.compile(pat)))
+    return out
+
+
+def attributes_from_text(text: str, category_id: int | None, tax: Taxonomy | None = None) -> set[int]:
+    """Attribute ids whose synonyms occur in `text` and that apply to `category_id` (all, if None)."""
+    tax = tax or load_taxonomy()
+    low = text.lower()
+    found = set()
+    for attr_id, pat in _synonym_patterns(tax.version):
+        if category_id is not None and not tax.applies(attr_id, category_id):
+            continue
+        if pat.search(low):
+            found.add(attr_id)
+    return found
+
+
+def _attr_id(tax: Taxonomy, key: str | None) -> int | None:
+    return None if key is None else tax.attribute(key).id
+
+
+def label_row(row: dict[str, str], data_dir: Path, boxes: tuple[Box, ...] = (), tax: Taxonomy | None = None) -> LabeledImage:
+    """Map one manifest row onto the taxonomy."""
+    tax = tax or load_taxonomy()
+    maps = load_source_labels()
+    dataset = row["dataset"]
+    attrs: set[int] = set()
+    if dataset == "myntra_small":
+        m = maps["myntra_small"]
+        key = m["articleType"][row["category"]]
+        cat = None if key is None else tax.category(key).id
+        for col in ("gender", "baseColour", "season", "usage"):
+            a = _attr_id(tax, m[col].get(row.get(col, "") or "", None))
+            if a is not None:
+                attrs.add(a)
+        attrs |= attributes_from_text(row.get("title", ""), cat, tax)
+    elif dataset == "clothing_dataset":
+        m = maps["clothing_dataset"]
+        cat = tax.category(m["label"][row["category"]]).id
+        attrs |= {tax.attribute(k).id for k in m["label_attributes"].get(row["category"], [])}
+        if row.get("kids", "").strip().lower() == "true":
+            attrs.add(tax.attribute(m["kids_attribute"]).id)
+    elif dataset == "colorful_fashion":
+        cat = tax.category(maps["colorful_fashion"]["class"][row["category"]]).id
+    else:
+        raise ValueError(f"unknown dataset {dataset!r} in manifest row {row.get('id')}")
+    if cat is not None:
+        attrs = {a for a in attrs if tax.applies(a, cat)}
+    # Myntra colour columns are catalogue labels; keep one colour from the column over title guesses.
+    return LabeledImage(
+        id=row["id"], dataset=dataset, path=data_dir / row["file"], split=row["split"], category_id=cat,
+        attribute_ids=tuple(tax.canonical_order(attrs)), title=row.get("title", "") or "",
+        width=int(row["width"]), height=int(row["height"]), source_label=row["category"], boxes=boxes,
+        base_colour=row.get("baseColour", "") or "",
+    )
+
+
+def load_boxes(data_dir: Path, tax: Taxonomy | None = None) -> dict[str, tuple[Box, ...]]:
+    """boxes.csv grouped by image id, classes mapped to taxonomy categories."""
+    tax = tax or load_taxonomy()
+    cfd = load_source_labels()["colorful_fashion"]["class"]
+    out: dict[str, list[Box]] = {}
+    path = Path(data_dir) / "boxes.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            box = Box(tax.category(cfd[r["class"]]).id,
+                      (float(r["xmin"]), float(r["ymin"]), float(r["xmax"]), float(r["ymax"])), r["class"])
+            out.setdefault(r["id"], []).append(box)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def load_labeled(data_dir: str | Path, *, splits: tuple[str, ...] | None = None,
+                 keep_dropped: bool = False) -> list[LabeledImage]:
+    """Every labelled image of a data folder (optionally only some splits), in manifest order."""
+    data_dir = Path(data_dir)
+    tax = load_taxonomy()
+    boxes = load_boxes(data_dir, tax)
+    out = []
+    with open(data_dir / "manifest.csv", newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if splits is not None and row["split"] not in splits:
+                continue
+            item = label_row(row, data_dir, boxes.get(row["id"], ()), tax)
+            if item.category_id is None and not keep_dropped:
+                continue
+            out.append(item)
+    return out

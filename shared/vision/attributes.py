@@ -1,0 +1,356 @@
+"""CNN encoder + LSTM attribute-sequence generator (paper Sec. 3.1): AttributeNet, constrained greedy/beam
+decoding, guided generation, and the public inference functions `recognize_attributes` / `encode_images`.
+
+A sequence is BOS, category, attributes in canonical order, EOS (`Taxonomy.sequence`). Decoding masks the
+vocabulary so that the first token is a category, later tokens are attributes that apply to the decoded (or given)
+category, each attribute appears at most once and in canonical order, and every attribute group holds at most
+`MAX_PER_GROUP` values (default 1). Probabilities are those of the masked, renormalised softmax the decoder chose
+from, so they sum to 1 over what could legally come next.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from shared.taxonomy import BOS, EOS, N_SPECIAL, PAD, Taxonomy, load_taxonomy
+from shared.vision import presets
+
+# Groups that may take more than one value on one item (a two-colour shirt, a cotton-linen blend, printed +
+# floral); every other group (gender, sleeve, neckline, fit, length, usage, season, age, *_style) takes at most one.
+MAX_PER_GROUP: dict[str, int] = {"colour": 2, "material": 2, "pattern": 2}
+MAX_STEPS = 16  # BOS excluded: category + up to 14 attributes + EOS, the paper's 14-token budget plus slack
+DEFAULT_STRIDES = (16, 32)  # maps returned by encode_images for the appearance feature (ROI pooling)
+
+
+class AttributeScore(NamedTuple):
+    attribute_id: int
+    key: str
+    prob: float
+
+
+@dataclass(frozen=True)
+class AttributePrediction:
+    """One image's decoded sequence: its category (given when guided) and attributes with their probabilities."""
+
+    category_id: int
+    category_key: str
+    category_prob: float  # the model's probability of this category (also when it was forced)
+    attributes: list[AttributeScore]
+    guided: bool
+
+
+@dataclass(frozen=True)
+class EncodedImages:
+    """Encoder outputs of one forward pass: embedding float32 (n, embedding_dim); maps {stride: float32 (n, c, h, w)}."""
+
+    embedding: np.ndarray
+    maps: dict[int, np.ndarray]
+
+
+class AttributeNet(nn.Module):
+    """Image encoder -> projected embedding -> 2-layer LSTM over taxonomy tokens.
+
+    The projected image embedding initialises the LSTM state (h0, c0 of every layer) and is also concatenated to
+    every input token embedding, so the image conditions each step, not only the first.
+    """
+
+    def __init__(self, *, encoder: nn.Module, encoder_name: str, n_tokens: int, embed_dim: int = 256,
+                 hidden: int = 512, layers: int = 2, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.encoder_name = encoder_name
+        self.n_tokens = n_tokens
+        self.hidden = hidden
+        self.layers = layers
+        d = int(encoder.embedding_dim)
+        self.img_proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, embed_dim), nn.ReLU())
+        self.init_state = nn.Linear(embed_dim, 2 * layers * hidden)
+        self.tok_emb = nn.Embedding(n_tokens, embed_dim, padding_idx=PAD)
+        self.lstm = nn.LSTM(2 * embed_dim, hidden, num_layers=layers, batch_first=True,
+                            dropout=dropout if layers > 1 else 0.0)
+        self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n_tokens))
+
+    def encode(self, x: torch.Tensor, *, from_stride: int = 0) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Pixels (from_stride=0) or a cached intermediate map -> (embedding (n, d), {stride: map})."""
+        if from_stride:
+            maps = {from_stride: x, **self.encoder.forward_from(x, from_stride)}
+        else:
+            maps = self.encoder.forward_maps(x)
+        return self.encoder.head(maps[32]), maps
+
+    def context(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Encoder embedding (n, d) -> LSTM conditioning vector (n, embed_dim)."""
+        return self.img_proj(embedding)
+
+    def initial_state(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = ctx.shape[0]
+        hc = torch.tanh(self.init_state(ctx)).view(n, 2, self.layers, self.hidden).permute(1, 2, 0, 3)
+        return hc[0].contiguous(), hc[1].contiguous()
+
+    def step(self, ctx: torch.Tensor, tokens: torch.Tensor,
+             state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Tokens (n, t) with context (n, e) -> logits (n, t, n_tokens) and the new LSTM state."""
+        inp = torch.cat([self.tok_emb(tokens), ctx[:, None, :].expand(-1, tokens.shape[1], -1)], 2)
+        out, state = self.lstm(inp, state)
+        return self.out(out), state
+
+    def forward(self, x: torch.Tensor, tokens_in: torch.Tensor, *, from_stride: int = 0) -> torch.Tensor:
+        """Teacher forcing: images (or cached maps) and input tokens (n, t) -> logits (n, t, n_tokens)."""
+        emb, _ = self.encode(x, from_stride=from_stride)
+        ctx = self.context(emb)
+        logits, _ = self.step(ctx, tokens_in, self.initial_state(ctx))
+        return logits
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Token lists -> int64 (n, max_len) padded with PAD."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), PAD, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+def sequence_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed negative log-likelihood of the targets (PAD ignored) and the number of tokens counted."""
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                           ignore_index=PAD, reduction="sum")
+    return loss, int((targets != PAD).sum())
+
+
+class DecodeRules:
+    """The vocabulary masks of constrained decoding, as tensors, for one taxonomy."""
+
+    def __init__(self, tax: Taxonomy, max_per_group: dict[str, int] | None = None) -> None:
+        limits = dict(MAX_PER_GROUP if max_per_group is None else max_per_group)
+        self.tax = tax
+        self.n_cat = len(tax.categories)
+        self.n_attr = len(tax.attributes)
+        self.attr0 = N_SPECIAL + self.n_cat
+        order = tax.canonical_order(list(range(self.n_attr)))
+        rank = torch.empty(self.n_attr, dtype=torch.long)
+        rank[torch.tensor(order)] = torch.arange(self.n_attr)
+        self.rank = rank
+        groups = list(tax.attribute_groups)
+        self.group = torch.tensor([groups.index(a.group) for a in tax.attributes], dtype=torch.long)
+        self.max_count = torch.tensor([limits.get(g, 1) for g in groups], dtype=torch.long)
+        applies = torch.zeros(self.n_cat, self.n_attr, dtype=torch.bool)
+        for a in tax.attributes:
+            for c in a.applies_to:
+                applies[c, a.id] = True
+        self.applies = applies
+
+    def allowed(self, cat: torch.Tensor, last_rank: torch.Tensor, last_group: torch.Tensor,
+                count: torch.Tensor) -> torch.Tensor:
+        """Per hypothesis state (int64 (N,) each; cat = -1 before the category step) -> bool (N, n_tokens)."""
+        n = cat.shape[0]
+        mask = torch.zeros(n, self.attr0 + self.n_attr, dtype=torch.bool)
+        first = cat < 0
+        mask[first, N_SPECIAL:self.attr0] = True
+        later = ~first
+        if later.any():
+            c = cat[later]
+            ok = self.applies[c] & (self.rank[None, :] > last_rank[later, None])
+            full = (self.group[None, :] == last_group[later, None]) & (count[later, None] >= self.max_count[self.group][None, :])
+            mask[later, self.attr0:] = ok & ~full
+            mask[later, EOS] = True
+        return mask
+
+    def advance(self, tok: torch.Tensor, cat: torch.Tensor, last_rank: torch.Tensor, last_group: torch.Tensor,
+                count: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """State after emitting `tok` (int64 (N,))."""
+        is_cat = (tok >= N_SPECIAL) & (tok < self.attr0)
+        is_attr = tok >= self.attr0
+        cat = torch.where(is_cat, tok - N_SPECIAL, cat)
+        a = (tok - self.attr0).clamp(min=0, max=self.n_attr - 1)
+        g = self.group[a]
+        count = torch.where(is_attr, torch.where(g == last_group, count + 1, torch.ones_like(count)), count)
+        last_group = torch.where(is_attr, g, last_group)
+        last_rank = torch.where(is_attr, self.rank[a], last_rank)
+        return cat, last_rank, last_group, count
+
+
+@torch.inference_mode()
+def decode(net: AttributeNet, ctx: torch.Tensor, rules: DecodeRules, *, beam: int = 1,
+           categories: Sequence[int | None] | None = None, max_steps: int = MAX_STEPS
+           ) -> list[tuple[int, float, list[tuple[int, float]]]]:
+    """Constrained beam search (beam=1: greedy) from conditioning vectors ctx (n, e).
+
+    `categories[i]` forces image i's category token (guided generation, Fig. 7); its reported probability is the
+    model's own. Returns per image (category_id, category_prob, [(attribute_id, prob), ...]).
+    """
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    n, dev = ctx.shape[0], ctx.device
+    b = beam
+    nb = n * b
+    forced = torch.full((n,), -1, dtype=torch.long)
+    if categories is not None:
+        if len(categories) != n:
+            raise ValueError(f"categories has {len(categories)} entries for {n} images")
+        for i, c in enumerate(categories):
+            if c is not None:
+                if not 0 <= int(c) < rules.n_cat:
+                    raise ValueError(f"category_id {c} out of range 0..{rules.n_cat - 1}")
+                forced[i] = int(c)
+    ctx_b = ctx.repeat_interleave(b, 0)
+    state = net.initial_state(ctx_b)
+    scores = torch.full((n, b), float("-inf"))
+    scores[:, 0] = 0.0
+    cat = torch.full((nb,), -1, dtype=torch.long)
+    last_rank = torch.full((nb,), -1, dtype=torch.long)
+    last_group = torch.full((nb,), -1, dtype=torch.long)
+    count = torch.zeros(nb, dtype=torch.long)
+    done = torch.zeros(nb, dtype=torch.bool)
+    toks = torch.zeros(nb, 0, dtype=torch.long)
+    probs = torch.zeros(nb, 0)
+    cat_prob = torch.zeros(nb)
+    inp = torch.full((nb, 1), BOS, dtype=torch.long, device=dev)
+    vocab = rules.attr0 + rules.n_attr
+    for t in range(max_steps):
+        logits, state = net.step(ctx_b, inp, state)
+        logits = logits[:, 0, :vocab].float().cpu()
+        mask = rules.allowed(cat, last_rank, last_group, count)
+        logp = torch.log_softmax(logits.masked_fill(~mask, float("-inf")), 1)
+        if t == 0:
+            f = forced.repeat_interleave(b)
+            has = f >= 0
+            model_cat = logp.clone()  # the model's own category distribution, kept for guided probabilities
+            if has.any():
+                only = torch.full_like(logp[has], float("-inf"))
+                only[torch.arange(int(has.sum())), N_SPECIAL + f[has]] = 0.0
+                logp[has] = only
+        logp[done] = float("-inf")
+        logp[done, PAD] = 0.0
+        cand = (scores.view(nb, 1) + logp).view(n, b * vocab)
+        top, idx = cand.topk(b, dim=1)
+        src = (idx // vocab) + torch.arange(n)[:, None] * b
+        src = src.view(-1)
+        tok = (idx % vocab).view(-1)
+        step_p = logp.view(n, b * vocab).gather(1, idx).exp().view(-1)
+        if t == 0:
+            cat_prob = model_cat[src, tok].exp()
+        else:
+            cat_prob = cat_prob[src]
+        scores = top
+        cat, last_rank, last_group, count, done = cat[src], last_rank[src], last_group[src], count[src], done[src]
+        toks, probs = torch.cat([toks[src], tok[:, None]], 1), torch.cat([probs[src], step_p[:, None]], 1)
+        src_dev = src.to(dev)
+        state = (state[0][:, src_dev], state[1][:, src_dev])
+        cat, last_rank, last_group, count = rules.advance(tok, cat, last_rank, last_group, count)
+        done = done | (tok == EOS) | (tok == PAD)
+        inp = tok.to(dev)[:, None]
+        if bool(done.all()):
+            break
+    out = []
+    for i in range(n):
+        j = i * b  # topk is sorted: the first beam is the best
+        c = int(cat[j])
+        attrs = [(int(tk) - rules.attr0, float(p)) for tk, p in zip(toks[j].tolist(), probs[j].tolist())
+                 if tk >= rules.attr0]
+        out.append((c, float(cat_prob[j]), attrs))
+    return out
+
+
+def _device(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+def images_to_batch(images: Sequence[Image.Image], size: int) -> torch.Tensor:
+    """PIL images -> float32 (n, 3, size, size), letterboxed and normalised by shared.vision.presets."""
+    return torch.stack([presets.encoder_input(img, size) for img in images])
+
+
+def _categories(category_id: int | Sequence[int | None] | None, n: int) -> list[int | None] | None:
+    if category_id is None:
+        return None
+    if isinstance(category_id, (int, np.integer)):
+        return [int(category_id)] * n
+    cats = list(category_id)
+    if len(cats) != n:
+        raise ValueError(f"category_id has {len(cats)} entries for {n} images")
+    return cats
+
+
+@torch.inference_mode()
+def analyze_images(loaded, images: Sequence[Image.Image], *, category_id: int | Sequence[int | None] | None = None,
+                   beam: int = 1, strides: Sequence[int] = DEFAULT_STRIDES, batch_size: int = 32,
+                   max_per_group: dict[str, int] | None = None) -> tuple[list[AttributePrediction], EncodedImages]:
+    """Attributes and encoder features from ONE encoder pass per image.
+
+    `loaded` is a shared.vision.registry.LoadedNetwork. Returns the predictions and EncodedImages with
+    embedding float32 (n, d) and maps {stride: float32 (n, c, h, w)} for `strides`.
+    """
+    net: AttributeNet = loaded.net
+    net.eval()
+    tax = load_taxonomy()
+    rules = DecodeRules(tax, max_per_group)
+    cats = _categories(category_id, len(images))
+    dev = _device(net)
+    preds: list[AttributePrediction] = []
+    embs: list[np.ndarray] = []
+    maps: dict[int, list[np.ndarray]] = {s: [] for s in strides}
+    for lo in range(0, len(images), batch_size):
+        x = images_to_batch(images[lo: lo + batch_size], loaded.input_size).to(dev)
+        emb, fmaps = net.encode(x)
+        embs.append(emb.float().cpu().numpy())
+        for s in strides:
+            maps[s].append(fmaps[s].float().cpu().numpy())
+        chunk = None if cats is None else cats[lo: lo + batch_size]
+        for c, cp, attrs in decode(net, net.context(emb), rules, beam=beam, categories=chunk):
+            preds.append(AttributePrediction(
+                category_id=c, category_key=tax.categories[c].key, category_prob=cp,
+                attributes=[AttributeScore(a, tax.attributes[a].key, p) for a, p in attrs],
+                guided=chunk is not None and chunk[len(preds) - lo] is not None))
+    d = int(net.encoder.embedding_dim)
+    enc = EncodedImages(
+        embedding=np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
+        maps={s: np.concatenate(v) if v else np.zeros((0, net.encoder.map_channels[s], 0, 0), np.float32)
+              for s, v in maps.items()})
+    return preds, enc
+
+
+def recognize_attributes(loaded, images: Sequence[Image.Image], *, category_id: int | Sequence[int | None] | None = None,
+                         beam: int = 1, batch_size: int = 32) -> list[AttributePrediction]:
+    """Category + attributes per image (batched). With `category_id` the category is forced (guided, Fig. 7)."""
+    return analyze_images(loaded, images, category_id=category_id, beam=beam, strides=(), batch_size=batch_size)[0]
+
+
+@torch.inference_mode()
+def encode_images(loaded, images: Sequence[Image.Image], *, strides: Sequence[int] = DEFAULT_STRIDES,
+                  batch_size: int = 32) -> EncodedImages:
+    """Encoder embedding float32 (n, d) and maps {stride: float32 (n, c, h, w)} from one forward pass per batch."""
+    net: AttributeNet = loaded.net
+    net.eval()
+    dev = _device(net)
+    embs, maps = [], {s: [] for s in strides}
+    for lo in range(0, len(images), batch_size):
+        x = images_to_batch(images[lo: lo + batch_size], loaded.input_size).to(dev)
+        emb, fmaps = net.encode(x)
+        embs.append(emb.float().cpu().numpy())
+        for s in strides:
+            maps[s].append(fmaps[s].float().cpu().numpy())
+    d = int(net.encoder.embedding_dim)
+    return EncodedImages(
+        embedding=np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
+        maps={s: np.concatenate(v) if v else np.zeros((0, net.encoder.map_channels[s], 0, 0), np.float32)
+              for s, v in maps.items()})
+
+
+def build_attribute_net(*, encoder: str = "efficientnet_lite0", pretrained_encoder: bool = False,
+                        embed_dim: int = 256, hidden: int = 512, layers: int = 2, dropout: float = 0.3,
+                        weights: dict[str, torch.Tensor] | None = None) -> AttributeNet:
+    """Build an AttributeNet around a registry encoder; `weights` is a full state dict (e.g. from a checkpoint)."""
+    from shared.vision.registry import build_encoder
+
+    net = AttributeNet(encoder=build_encoder(encoder, pretrained=pretrained_encoder and weights is None),
+                       encoder_name=encoder, n_tokens=load_taxonomy().n_tokens, embed_dim=embed_dim, hidden=hidden,
+                       layers=layers, dropout=dropout)
+    if weights is not None:
+        net.load_state_dict(weights)
+    return net

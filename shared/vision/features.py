@@ -1,0 +1,377 @@
+"""Appearance and colour features of an ROI: float embedding, binary code and HSV colour histogram.
+
+Ingestion and query both call `extract_features` (after Kim et al., arXiv 1609.07859, section 3.3: convolutional
+activations of two layers pooled inside the ROI, binarised at 0; plus a colour histogram):
+
+1. The ROI is cropped from the image and letterboxed to `input_size` on white (`shared.vision.presets`).
+2. The encoder's stride-16 and stride-32 block outputs (linear projections, so both signs occur) are average-pooled
+   over the map cells covered by the crop (the white letterbox padding is left out), each layer's vector is
+   L2-normalised and the two are concatenated: the *descriptor*, float32 (n, D).
+3. The descriptor is centred on the TRAIN-split mean and projected by a fixed matrix learned on the TRAIN split
+   (see `training/retrieval/tune.py`): the *feature*, float32 (n, n_bits).
+4. `shared.codes.binarize.binarize` turns it into the code: bit j = feature j > 0, packed 8 bits per byte,
+   most significant bit first (numpy packbits, bitorder="big"): feature 0 is the high bit of byte 0.
+5. The colour histogram (`colour_histogram`) is taken from the same crop, foreground pixels only.
+
+The ranking distance is `combined_distance`: (1 - w) * hamming / n_bits + w * colour_distance, w shipped in the
+manifest. The shipped projection, mean, w and encoder name live in models/features/ (safetensors + manifest.json).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from shared.codes.binarize import binarize, n_bytes_for
+from shared.vision import presets
+
+# Version of the shipped feature configuration (encoder, layers, pooling, projection, colour bins). Codes and colour
+# histograms of two versions are not comparable: a new version means a reindex.
+FEATURES_VERSION = "effl0-imnet.s16s32-avg.pca256.hsv52-v1"
+FEATURES_DIR = "features"  # folder name under settings.models_dir
+
+Box = tuple[float, float, float, float]
+
+# ----------------------------------------------------------------------------------------------------------------
+# colour histogram
+#
+# Bins (52): pixels with saturation >= 0.2 and value >= 0.2 are chromatic and fall into 8 hue x 3 saturation x 2 value
+# bins; the others are achromatic and fall into 4 value (grey-level) bins. Hue is PIL's 0..255 for 0..360 degrees,
+# shifted by half a bin so that red (hue 0) sits in the middle of hue bin 0 rather than on its edge:
+#   hue bin h  = ((H + 16) // 32) % 8           -> centres 0, 45, 90, ... 315 degrees (red, orange, yellow, ...)
+#   sat bin s  = S in [51, 115) / [115, 179) / [179, 255]   (S, V in 0..255)
+#   val bin v  = V in [51, 153) / [153, 255]
+#   chromatic index = 8 * 0 + h * 6 + s * 2 + v    (0 .. 47)
+#   achromatic index = 48 + V // 64                 (48 .. 51: black, dark grey, light grey, white)
+N_HUE, N_SAT, N_VAL, N_GREY = 8, 3, 2, 4
+N_COLOUR_BINS = N_HUE * N_SAT * N_VAL + N_GREY
+_CHROMA_MIN = 51  # 0.2 * 255
+# Colour histograms are computed on a thumbnail: 64 px on the longer side is plenty for 52 bins and keeps it ~1 ms.
+_COLOUR_SIDE = 64
+# Background estimation: a border ring this fraction of the shorter side (at least 1 px) ...
+_BORDER_FRAC = 0.04
+# ... is "uniform" when this share of its pixels lies within _BG_TOL (max abs channel difference) of its median.
+_BORDER_UNIFORM = 0.6
+_BG_TOL = 24
+# If the mask keeps less than this share of the crop (a white shirt filling a white frame), use every pixel.
+_MIN_FOREGROUND = 0.05
+
+
+def foreground_mask(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of the item, not of a uniform background estimated from the border.
+
+    rgb: uint8 (h, w, 3) -> bool (h, w). When the border ring is mostly one colour (product photos are shot on white,
+    or padded), the pixels within a tolerance of that colour that are connected to the border are background. A
+    non-uniform border (street photos) gives an all-True mask, as does a mask that would keep almost nothing.
+    """
+    from scipy import ndimage
+
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise TypeError(f"rgb must be uint8 (h, w, 3), got {rgb.dtype} {rgb.shape}")
+    h, w = rgb.shape[:2]
+    everything = np.ones((h, w), dtype=bool)
+    if h < 3 or w < 3:
+        return everything
+    b = max(1, int(round(_BORDER_FRAC * min(h, w))))
+    ring = np.zeros((h, w), dtype=bool)
+    ring[:b], ring[-b:], ring[:, :b], ring[:, -b:] = True, True, True, True
+    border = rgb[ring].astype(np.int16)
+    ref = np.median(border, axis=0)
+    near = np.abs(rgb.astype(np.int16) - ref[None, None, :]).max(axis=2) <= _BG_TOL
+    if near[ring].mean() < _BORDER_UNIFORM:
+        return everything
+    # Background = the near-reference regions that touch the border (a white logo inside a shirt stays foreground).
+    labels, _ = ndimage.label(near)
+    touching = np.unique(labels[ring & near])
+    touching = touching[touching != 0]
+    fg = ~np.isin(labels, touching)
+    if fg.mean() < _MIN_FOREGROUND:
+        return everything
+    return fg
+
+
+def _hsv_bins(hsv: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3) PIL HSV -> int64 (...) bin index in 0 .. N_COLOUR_BINS-1."""
+    hh = hsv[..., 0].astype(np.int64)
+    s = hsv[..., 1].astype(np.int64)
+    v = hsv[..., 2].astype(np.int64)
+    hue_bin = ((hh + 16) // 32) % N_HUE
+    sat_bin = np.clip((s - _CHROMA_MIN) // 64, 0, N_SAT - 1)
+    val_bin = (v >= 153).astype(np.int64)
+    chroma = hue_bin * (N_SAT * N_VAL) + sat_bin * N_VAL + val_bin
+    grey = N_HUE * N_SAT * N_VAL + np.minimum(v // 64, N_GREY - 1)
+    return np.where((s >= _CHROMA_MIN) & (v >= _CHROMA_MIN), chroma, grey)
+
+
+def colour_histogram(img: Image.Image, roi: Box | None = None, *, use_mask: bool = True) -> np.ndarray:
+    """HSV histogram of the ROI's foreground pixels, normalised to sum 1: float32 (N_COLOUR_BINS,)."""
+    crop = presets.crop(img.convert("RGB"), roi)
+    small = presets.colour_thumbnail(crop, _COLOUR_SIDE)
+    rgb = np.asarray(small, dtype=np.uint8)
+    mask = foreground_mask(rgb) if use_mask else np.ones(rgb.shape[:2], dtype=bool)
+    hsv = np.asarray(small.convert("HSV"), dtype=np.uint8)
+    counts = np.bincount(_hsv_bins(hsv[mask]), minlength=N_COLOUR_BINS).astype(np.float32)
+    return counts / max(float(counts.sum()), 1.0)
+
+
+def colour_distance(q: np.ndarray, hists: np.ndarray) -> np.ndarray:
+    """Half the L1 distance between normalised histograms, in [0, 1].
+
+    q: float32 (n_bins,) or (nq, n_bins); hists: float32 (n, n_bins) -> float32 (n,) or (nq, n).
+    """
+    q = np.asarray(q, dtype=np.float32)
+    hists = np.asarray(hists, dtype=np.float32)
+    if q.ndim == 1:
+        return 0.5 * np.abs(hists - q[None, :]).sum(axis=1)
+    return 0.5 * np.abs(hists[None, :, :] - q[:, None, :]).sum(axis=2)
+
+
+def quantize_colours(colours: np.ndarray) -> np.ndarray:
+    """The RAM form of colour histograms: float32 (n, n_bins) summing to 1 -> uint8 (n, n_bins) = round(255 * h)."""
+    if colours.dtype != np.float32:
+        raise TypeError(f"colours must be float32, got {colours.dtype}")
+    return np.rint(np.clip(colours, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def dequantize_colours(q: np.ndarray) -> np.ndarray:
+    """uint8 (n, n_bins) -> float32 (n, n_bins) = q / 255 (sums to 1 up to rounding)."""
+    if q.dtype != np.uint8:
+        raise TypeError(f"quantized colours must be uint8, got {q.dtype}")
+    return q.astype(np.float32) / 255.0
+
+
+def combined_distance(hamming: np.ndarray, colour_dist: np.ndarray, *, n_bits: int, colour_weight: float) -> np.ndarray:
+    """The ranking distance: (1 - w) * hamming / n_bits + w * colour_dist, float32, same shape as the inputs."""
+    w = float(colour_weight)
+    return ((1.0 - w) * (np.asarray(hamming, dtype=np.float32) / float(n_bits))
+            + w * np.asarray(colour_dist, dtype=np.float32)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# appearance descriptor
+
+
+def _content_cells(boxes: list[tuple[float, float, float, float]], size: int, stride: int) -> torch.Tensor:
+    """float32 (n, 1, g, g) weights: 1 for the map cells whose centre lies on the pasted crop, not the padding."""
+    g = -(-size // stride)  # SAME padding: ceil(size / stride) cells
+    centres = (torch.arange(g, dtype=torch.float32) + 0.5) * stride
+    out = torch.zeros((len(boxes), 1, g, g), dtype=torch.float32)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        cols = (centres >= x0) & (centres < x1)
+        rows = (centres >= y0) & (centres < y1)
+        if not cols.any():  # a sliver narrower than a cell: keep the nearest one
+            cols[int(min(g - 1, ((x0 + x1) / 2) // stride))] = True
+        if not rows.any():
+            rows[int(min(g - 1, ((y0 + y1) / 2) // stride))] = True
+        out[i, 0] = rows[:, None].float() * cols[None, :].float()
+    return out
+
+
+def _pasted_box(img: Image.Image, size: int) -> tuple[int, int, int, int]:
+    """Where `presets.letterbox` pastes an image of this size: (x0, y0, x1, y1) in letterbox pixels."""
+    w, h = img.size
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    x0, y0 = (size - nw) // 2, (size - nh) // 2
+    return x0, y0, x0 + nw, y0 + nh
+
+
+@torch.inference_mode()
+def pooled_maps(encoder: nn.Module, images: Sequence[Image.Image], rois: Sequence[Box | None] | None = None, *,
+                input_size: int, layers: Sequence[int] = (16, 32), batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Masked average and max of each layer's map over the ROI's cells (letterbox padding never counts).
+
+    Each image is letterboxed whole to input_size; `rois` (image pixels, None = the whole image) pick the cells
+    pooled (ROI pooling on a shared map). `extract_features` passes crops with rois=None (crop-then-encode).
+    Returns {"avg16": float32 (n, c16), "max16": ..., "avg32": ..., "max32": ...}, un-normalised (cached by
+    training/retrieval, combined by `descriptors_from_pooled`).
+    """
+    encoder.eval()
+    if rois is None:
+        rois = [None] * len(images)
+    device = next(encoder.parameters()).device
+    upto = max(layers)
+    out: dict[str, list[np.ndarray]] = {f"{kind}{s}": [] for s in layers for kind in ("avg", "max")}
+    for start in range(0, len(images), batch_size):
+        chunk = [img.convert("RGB") for img in images[start:start + batch_size]]
+        x = torch.stack([presets.encoder_input(c, input_size) for c in chunk]).to(device)
+        boxes = [_roi_in_letterbox(c, r, input_size) for c, r in zip(chunk, rois[start:start + batch_size])]
+        maps = encoder.forward_maps(x, upto=upto)
+        for s in layers:
+            m = maps[s].float()
+            cells = _content_cells(boxes, input_size, s).to(device)
+            assert cells.shape[-2:] == m.shape[-2:], (cells.shape, m.shape)
+            avg = (m * cells).sum(dim=(2, 3)) / cells.sum(dim=(2, 3))
+            mx = m.masked_fill(cells == 0, float("-inf")).amax(dim=(2, 3))
+            out[f"avg{s}"].append(avg.cpu().numpy().astype(np.float32))
+            out[f"max{s}"].append(mx.cpu().numpy().astype(np.float32))
+    return {k: (np.concatenate(v) if v else np.zeros((0, 0), np.float32)) for k, v in out.items()}
+
+
+def _roi_in_letterbox(img: Image.Image, roi: Box | None, size: int) -> tuple[float, float, float, float]:
+    """The ROI (image pixels, clipped; None = whole image) in letterbox pixels."""
+    x0, y0, x1, y1 = _pasted_box(img, size)
+    if roi is None:
+        return float(x0), float(y0), float(x1), float(y1)
+    w, h = img.size
+    sx, sy = (x1 - x0) / w, (y1 - y0) / h
+    r0, r1 = max(0.0, min(w, roi[0])), max(0.0, min(w, roi[2]))
+    q0, q1 = max(0.0, min(h, roi[1])), max(0.0, min(h, roi[3]))
+    return x0 + r0 * sx, y0 + q0 * sy, x0 + r1 * sx, y0 + q1 * sy
+
+
+def descriptors_from_pooled(pooled: dict[str, np.ndarray], *, layers: Sequence[int] = (16, 32),
+                            pooling: str = "avg") -> np.ndarray:
+    """Per-layer L2-normalised pooled vectors, concatenated: float32 (n, D).
+
+    pooling "avg" uses the masked averages; "avgmax" also appends the masked maxima (each part normalised on its own,
+    so every layer and statistic weighs the same in the Hamming distance).
+    """
+    kinds = {"avg": ("avg",), "avgmax": ("avg", "max")}.get(pooling)
+    if kinds is None:
+        raise ValueError(f"pooling must be 'avg' or 'avgmax', got {pooling!r}")
+    parts = []
+    for s in layers:
+        for kind in kinds:
+            v = pooled[f"{kind}{s}"].astype(np.float32)
+            parts.append(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
+    return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the extractor
+
+
+@dataclass(frozen=True)
+class Features:
+    """What ingestion stores and a query searches with, one row per (image, ROI).
+
+    feats: float32 (n, n_bits) projected features (the code is their sign);
+    codes: uint8 (n, n_bytes) = shared.codes.binarize(feats), bit j = feats[:, j] > 0, MSB first;
+    colours: float32 (n, N_COLOUR_BINS) foreground HSV histograms summing to 1 (`quantize_colours` for RAM).
+    """
+
+    feats: np.ndarray
+    codes: np.ndarray
+    colours: np.ndarray
+
+
+@dataclass
+class FeatureExtractor:
+    """Encoder + pooling spec + projection + colour weight: everything `extract_features` needs.
+
+    mean: float32 (D,) train-split mean of the descriptors; projection: float32 (D, n_bits).
+    """
+
+    encoder: nn.Module
+    mean: np.ndarray
+    projection: np.ndarray
+    input_size: int = 224
+    layers: tuple[int, ...] = (16, 32)
+    pooling: str = "avg"
+    colour_weight: float = 0.3
+    use_colour_mask: bool = True
+    version: str = FEATURES_VERSION
+    meta: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mean.dtype != np.float32 or self.projection.dtype != np.float32:
+            raise TypeError(f"mean and projection must be float32, got {self.mean.dtype} and {self.projection.dtype}")
+        if self.projection.ndim != 2 or self.mean.shape != (self.projection.shape[0],):
+            raise ValueError(f"projection must be (D, n_bits) and mean (D,), got {self.projection.shape} and {self.mean.shape}")
+
+    @property
+    def n_bits(self) -> int:
+        return int(self.projection.shape[1])
+
+    @property
+    def n_bytes(self) -> int:
+        return n_bytes_for(self.n_bits)
+
+    def describe(self, crops: Sequence[Image.Image], *, batch_size: int = 8) -> np.ndarray:
+        """Crops -> descriptors float32 (n, D), before centring and projection."""
+        pooled = pooled_maps(self.encoder, crops, None, input_size=self.input_size, layers=self.layers,
+                             batch_size=batch_size)
+        return descriptors_from_pooled(pooled, layers=self.layers, pooling=self.pooling)
+
+    def project(self, descriptors: np.ndarray) -> np.ndarray:
+        """float32 (n, D) -> float32 (n, n_bits): (descriptor - mean) @ projection."""
+        if descriptors.ndim != 2 or descriptors.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"descriptors must be (n, {self.mean.shape[0]}), got {descriptors.shape}")
+        return np.ascontiguousarray((descriptors - self.mean[None, :]) @ self.projection, dtype=np.float32)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, encoder: nn.Module | None = None,
+             device: str | torch.device = "cpu") -> "FeatureExtractor":
+        """Load the shipped configuration (default: models/features/); `encoder` overrides the manifest's."""
+        from safetensors.numpy import load_file
+
+        folder = Path(path) if path is not None else default_features_dir()
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"no feature configuration at {folder} (manifest.json missing)")
+        meta = json.loads(manifest_path.read_text(encoding="utf-8"))
+        tensors = load_file(str(folder / meta.get("file", "projection.safetensors")))
+        if encoder is None:
+            encoder = build_feature_encoder(meta["encoder"])
+        encoder.to(device).eval()
+        return cls(encoder=encoder, mean=tensors["mean"].astype(np.float32),
+                   projection=tensors["projection"].astype(np.float32),
+                   input_size=int(meta["input_size"]), layers=tuple(int(s) for s in meta["layers"]),
+                   pooling=str(meta["pooling"]), colour_weight=float(meta["colour_weight"]),
+                   use_colour_mask=bool(meta.get("colour_mask", True)), version=str(meta["version"]), meta=meta)
+
+
+def default_features_dir() -> Path:
+    """models/features/ under the configured models folder."""
+    from shared.config import load_settings
+
+    return load_settings().models_dir / FEATURES_DIR
+
+
+def build_feature_encoder(spec: dict[str, Any]) -> nn.Module:
+    """The encoder a manifest names: {"source": "registry", "name": ..., "pretrained": bool} or
+    {"source": "attributes", "path": optional folder} (the fine-tuned encoder of the attribute network)."""
+    source = spec.get("source", "registry")
+    if source == "registry":
+        from shared.vision.registry import build_encoder
+
+        return build_encoder(spec["name"], pretrained=bool(spec.get("pretrained", True))).eval()
+    if source == "attributes":
+        from shared.vision.registry import load_attribute_network
+
+        loaded = load_attribute_network(spec.get("path"))
+        return loaded.net.encoder.eval()
+    raise ValueError(f"unknown encoder source {source!r} (expected 'registry' or 'attributes')")
+
+
+def crop_rois(images: Sequence[Image.Image], rois: Sequence[Box | None] | None) -> list[Image.Image]:
+    """One RGB crop per (image, roi); None keeps the whole image (product photos)."""
+    if rois is None:
+        rois = [None] * len(images)
+    if len(rois) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(rois)} rois")
+    return [presets.crop(img.convert("RGB"), roi) for img, roi in zip(images, rois)]
+
+
+def extract_features(extractor: FeatureExtractor, images: Sequence[Image.Image],
+                     rois: Sequence[Box | None] | None = None, *, batch_size: int = 8) -> Features:
+    """Images + ROIs (x0, y0, x1, y1 pixels, or None for the whole image) -> Features (see its docstring).
+
+    The one function ingestion and query both call, so a query's code matches an indexed copy of the same crop.
+    """
+    crops = crop_rois(images, rois)
+    if not crops:
+        n_bits = extractor.n_bits
+        return Features(np.zeros((0, n_bits), np.float32), np.zeros((0, n_bytes_for(n_bits)), np.uint8),
+                        np.zeros((0, N_COLOUR_BINS), np.float32))
+    feats = extractor.project(extractor.describe(crops, batch_size=batch_size))
+    codes = binarize(feats)
+    colours = np.stack([colour_histogram(c, None, use_mask=extractor.use_colour_mask) for c in crops])
+    return Features(feats=feats, codes=codes, colours=colours.astype(np.float32))

@@ -1,0 +1,116 @@
+"""Shared fixtures: real PostgreSQL and Redis (embedded, or the servers LOOKALIKE_TEST_DATABASE_URL /
+LOOKALIKE_TEST_REDIS_URL name), a migrated `_test` database, and per-test rollback sessions."""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from shared.config import REPO_ROOT, Settings, load_settings
+
+TEST_DB = "lookalike_test"
+TEST_REDIS_DB = 15
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server_urls() -> Iterator[tuple[str, str]]:
+    """(admin database URL, redis base URL): external when the env names them, else embedded under var/."""
+    ext_db, ext_redis = os.environ.get("LOOKALIKE_TEST_DATABASE_URL"), os.environ.get("LOOKALIKE_TEST_REDIS_URL")
+    if ext_db and ext_redis:
+        yield ext_db, ext_redis
+        return
+    from lookalike.services import EmbeddedServices
+
+    services = EmbeddedServices(var_dir=REPO_ROOT / "var" / "test-services")
+    services.var_dir.mkdir(parents=True, exist_ok=True)
+    services.start_postgres()
+    services.start_redis()
+    try:
+        yield services.database_url, services.redis_url
+    finally:
+        services.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(server_urls, tmp_path_factory) -> Settings:
+    db_url, redis_url = server_urls
+    url = make_url(db_url).set(database=TEST_DB)
+    redis_test = redis_url.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}"
+    var_dir = tmp_path_factory.mktemp("var")
+    return load_settings({
+        "LOOKALIKE_DATABASE_URL": url.render_as_string(hide_password=False),
+        "LOOKALIKE_REDIS_URL": redis_test,
+        "LOOKALIKE_VAR_DIR": str(var_dir),
+        "LOOKALIKE_API_PORT": str(free_port()),
+        "LOOKALIKE_INDEX_PORT": str(free_port()),
+        "LOOKALIKE_ADMIN_TOKEN": "test-token",
+        "LOOKALIKE_JOB_LEASE_S": "8",
+        "LOOKALIKE_RECONCILE_INTERVAL_S": "2",
+        "LOOKALIKE_INDEX_POLL_MS": "100",
+        "LOOKALIKE_TORCH_THREADS": "1",
+    })
+
+
+def _recreate_database(settings: Settings) -> None:
+    url = make_url(settings.database_url)
+    assert url.database and url.database.endswith("_test"), f"refusing to use non-test database {url.database}"
+    admin = create_engine(url.set(database="postgres", drivername="postgresql+psycopg2"),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)"))
+        conn.execute(text(f"CREATE DATABASE {url.database}"))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def engine(settings):
+    """The test database, recreated and migrated once per run (so migrations run on every test run)."""
+    from lookalike.db_admin import upgrade
+    from shared.db.session import make_engine
+
+    _recreate_database(settings)
+    upgrade(settings)
+    eng = make_engine(settings)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def db_session(engine) -> Iterator[Session]:
+    """A session inside a transaction that is rolled back after the test."""
+    conn = engine.connect()
+    trans = conn.begin()
+    session = Session(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    try:
+        yield session
+    finally:
+        session.close()
+        trans.rollback()
+        conn.close()
+
+
+@pytest.fixture
+def redis_client(settings):
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return load_settings().data_dir

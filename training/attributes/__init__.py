@@ -1,0 +1,1 @@
+"""Training and evaluation of the attribute network (`lookalike train attributes`, `lookalike evaluate attributes`)."""

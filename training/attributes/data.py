@@ -1,0 +1,110 @@
+"""Attribute training data: labelled images -> (crop, token sequence), plus caches of what does not change
+between epochs (a frozen encoder prefix's maps, or letterboxed pixels), with a horizontally flipped copy."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from shared.taxonomy import load_taxonomy
+from shared.taxonomy.labels import LabeledImage, load_labeled
+from shared.vision import presets
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training/evaluation example: which pixels to look at and the true sequence."""
+
+    id: str
+    dataset: str
+    split: str
+    path: Path
+    box: tuple[float, float, float, float] | None  # Colorful Fashion: the sold item's box; else the whole image
+    category_id: int
+    attribute_ids: tuple[int, ...]
+    tokens: tuple[int, ...]
+
+
+def item_box(item: LabeledImage) -> tuple[float, float, float, float] | None:
+    """Largest box of the image's own category (Colorful Fashion street photos); None = whole image (product photos)."""
+    boxes = [b for b in item.boxes if b.category_id == item.category_id]
+    if not boxes:
+        return None
+    best = max(boxes, key=lambda b: (b.xyxy[2] - b.xyxy[0]) * (b.xyxy[3] - b.xyxy[1]))
+    return best.xyxy
+
+
+def load_samples(data_dir: str | Path, splits: Sequence[str]) -> list[Sample]:
+    """Labelled images of `splits` in manifest order, with their crop box and token sequence."""
+    tax = load_taxonomy()
+    out = []
+    for item in load_labeled(data_dir, splits=tuple(splits)):
+        assert item.category_id is not None
+        out.append(Sample(item.id, item.dataset, item.split, item.path, item_box(item), item.category_id,
+                          tuple(item.attribute_ids), tuple(tax.sequence(item.category_id, item.attribute_ids))))
+    return out
+
+
+def load_image(sample: Sample) -> Image.Image:
+    """The sample's pixels: RGB, cropped to its box when it has one."""
+    with Image.open(sample.path) as img:
+        rgb = img.convert("RGB")
+    return presets.crop(rgb, sample.box)
+
+
+def data_hash(data_dir: str | Path) -> str:
+    """sha1 of manifest.csv + boxes.csv: names the data a checkpoint was trained on."""
+    h = hashlib.sha1()
+    for name in ("manifest.csv", "boxes.csv"):
+        p = Path(data_dir) / name
+        if p.exists():
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def cached_pixels(samples: Sequence[Sample], size: int, cache_dir: Path) -> torch.Tensor:
+    """uint8 (n, 3, size, size) letterboxed crops, cached on disk (flips are done on the fly)."""
+    path = cache_dir / f"pixels_{size}_{_key(size, *(s.id for s in samples), *(s.box for s in samples))}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    out = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
+    for i, s in enumerate(tqdm(samples, desc=f"pixels {size}px", leave=False)):
+        out[i] = presets.to_uint8_tensor(presets.letterbox(load_image(s), size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, path)
+    return out
+
+
+@torch.inference_mode()
+def cached_prefix_maps(encoder: torch.nn.Module, encoder_name: str, samples: Sequence[Sample], size: int,
+                       stride: int, cache_dir: Path, *, flip: bool = True, batch_size: int = 64,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+    """fp16 (n, 1 + flip, c, h, w): the frozen encoder prefix's map at `stride` for each crop (and its mirror)."""
+    pixels = cached_pixels(samples, size, cache_dir)
+    path = cache_dir / f"maps_{encoder_name}_{size}_s{stride}_f{int(flip)}_{_key(*(s.id for s in samples), *(s.box for s in samples))}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    was_training = encoder.training
+    encoder.eval()
+    chunks = []
+    for lo in tqdm(range(0, len(samples), batch_size), desc=f"prefix maps s{stride}", leave=False):
+        x = presets.normalize(pixels[lo: lo + batch_size]).to(device)
+        views = [x, x.flip(3)] if flip else [x]
+        maps = [encoder.forward_maps(v, upto=stride)[stride].half().cpu() for v in views]
+        chunks.append(torch.stack(maps, 1))
+    encoder.train(was_training)
+    out = torch.cat(chunks)
+    torch.save(out, path)
+    return out

@@ -1,0 +1,204 @@
+"""`lookalike evaluate attributes`: paper Table-2-style precision / recall / NLL of an attribute checkpoint, automatic
+vs guided (true category forced), per-group accuracy, and one-thread latency of attributes + encoder features.
+
+Definitions (also in the JSON under "definitions"):
+- precision / recall: per image, the set of generated tokens (category token + attribute tokens) against the true
+  set (true category + true attributes), averaged over images. The category token IS included (it is the first
+  token of the paper's sequence; it also keeps the sets non-empty for images without attribute labels).
+- attribute_precision_micro / attribute_recall_micro: attributes only (category excluded), micro-averaged.
+- nll: mean per-token negative log-likelihood (natural log) of the true sequence after BOS (category, attributes,
+  EOS) under teacher forcing, unmasked softmax, averaged over all tokens of the split.
+- group accuracy: over images whose truth has a value in the group, the share whose predicted values in that group
+  equal the true ones exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from shared.config import load_settings
+from shared.taxonomy import load_taxonomy
+from shared.vision.attributes import DecodeRules, analyze_images, decode, images_to_batch, pad_sequences, sequence_nll
+from shared.vision.registry import load_attribute_network
+from training.attributes import data as D
+from training.attributes.engine import SetMetrics
+
+logger = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lookalike evaluate attributes", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--split", choices=SPLITS + ("all",), default="all", help="which split(s) to evaluate")
+    p.add_argument("--data", type=Path, default=None, help="data folder (default: settings.data_dir)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder (default: models/attributes)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (table goes to stderr)")
+    p.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, default=0, help="evaluate at most this many images per split (0 = all)")
+    p.add_argument("--latency-images", type=int, default=30, help="images timed one by one with 1 thread (0 = skip)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for the accuracy pass (0 = default)")
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
+    return p
+
+
+@torch.inference_mode()
+def evaluate_split(loaded, samples: list[D.Sample], *, beam: int, batch_size: int) -> dict[str, Any]:
+    """Automatic and guided metrics plus teacher-forced NLL for one split."""
+    net = loaded.net
+    tax = load_taxonomy()
+    rules = DecodeRules(tax, loaded.meta.get("architecture", {}).get("max_per_group"))
+    dev = next(net.parameters()).device
+    auto, guided = SetMetrics(tax), SetMetrics(tax)
+    by_dataset: dict[str, SetMetrics] = {}
+    nll_sum, n_tok = 0.0, 0
+    for lo in tqdm(range(0, len(samples), batch_size), desc="evaluate", leave=False, file=sys.stderr):
+        chunk = samples[lo: lo + batch_size]
+        x = images_to_batch([D.load_image(s) for s in chunk], loaded.input_size).to(dev)
+        emb, _ = net.encode(x)
+        ctx = net.context(emb)
+        toks = pad_sequences([s.tokens for s in chunk]).to(dev)
+        logits, _ = net.step(ctx, toks[:, :-1], net.initial_state(ctx))
+        loss, k = sequence_nll(logits, toks[:, 1:])
+        nll_sum += float(loss)
+        n_tok += k
+        cats = [s.category_id for s in chunk]
+        for s, (c, _, pa) in zip(chunk, decode(net, ctx, rules, beam=beam)):
+            auto.add(c, [a for a, _ in pa], s.category_id, s.attribute_ids)
+            by_dataset.setdefault(s.dataset, SetMetrics(tax)).add(c, [a for a, _ in pa], s.category_id, s.attribute_ids)
+        for s, (c, _, pa) in zip(chunk, decode(net, ctx, rules, beam=beam, categories=cats)):
+            guided.add(c, [a for a, _ in pa], s.category_id, s.attribute_ids)
+    a, g = auto.summary(), guided.summary()
+    return {
+        "n": a["n"], "precision": a["precision"], "recall": a["recall"], "nll": nll_sum / max(n_tok, 1),
+        "category_accuracy": a["category_accuracy"],
+        "automatic": a, "guided": g,
+        "guidance_delta": {k: g[k] - a[k] for k in ("precision", "recall", "attribute_precision_micro",
+                                                    "attribute_recall_micro")},
+        "by_dataset": {k: {kk: v.summary()[kk] for kk in ("n", "precision", "recall", "category_accuracy",
+                                                           "attribute_precision_micro", "attribute_recall_micro")}
+                       for k, v in sorted(by_dataset.items())},
+    }
+
+
+def measure_latency(loaded, samples: list[D.Sample], *, n_images: int, beam: int) -> dict[str, Any]:
+    """Per-image wall time of letterbox + encoder (embedding + stride 16/32 maps) + attribute decode, 1 thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        imgs = [D.load_image(s) for s in samples[:n_images]]
+        for img in imgs[:3]:  # warm-up: first calls allocate
+            analyze_images(loaded, [img], beam=beam)
+        times = []
+        for img in imgs:
+            t = time.perf_counter()
+            analyze_images(loaded, [img], beam=beam)
+            times.append((time.perf_counter() - t) * 1000)
+    finally:
+        torch.set_num_threads(before)
+    times.sort()
+    return {"threads": 1, "batch": 1, "beam": beam, "images": len(times), "input_size": loaded.input_size,
+            "median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],
+            "mean_ms": statistics.fmean(times), "includes": "letterbox+normalise, encoder (embedding + stride 16/32 "
+            "maps to numpy), constrained decode"}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A readable Table-2-style text table."""
+    splits = list(result["splits"])
+    lines = [f"checkpoint {result['checkpoint']}  (encoder {result['encoder']}, beam {result['beam']})", ""]
+    head = f"{'':34s}" + "".join(f"{s:>10s}" for s in splits)
+    lines.append(head)
+
+    def row(label: str, get) -> None:
+        lines.append(f"{label:34s}" + "".join(f"{get(result['splits'][s]):10.3f}" for s in splits))
+
+    row("precision (cat+attr, per image)", lambda r: r["precision"])
+    row("recall (cat+attr, per image)", lambda r: r["recall"])
+    row("NLL (per token)", lambda r: r["nll"])
+    row("category accuracy (automatic)", lambda r: r["category_accuracy"])
+    row("attr precision micro, automatic", lambda r: r["automatic"]["attribute_precision_micro"])
+    row("attr recall micro, automatic", lambda r: r["automatic"]["attribute_recall_micro"])
+    row("attr precision micro, guided", lambda r: r["guided"]["attribute_precision_micro"])
+    row("attr recall micro, guided", lambda r: r["guided"]["attribute_recall_micro"])
+    row("precision, guided", lambda r: r["guided"]["precision"])
+    row("recall, guided", lambda r: r["guided"]["recall"])
+    row("images", lambda r: r["n"])
+    lines += ["", "group accuracy (automatic / guided), n = images whose truth has the group"]
+    last = result["splits"][splits[-1]]
+    lines.append(f"  split {splits[-1]}")
+    for grp, v in last["automatic"]["group_accuracy"].items():
+        gv = last["guided"]["group_accuracy"].get(grp, {"accuracy": float("nan")})
+        lines.append(f"  {grp:18s} {v['accuracy']:.3f} / {gv['accuracy']:.3f}   n={v['n']}")
+    lines += ["", f"  by dataset ({splits[-1]}): precision / recall / category accuracy"]
+    for ds, v in last["by_dataset"].items():
+        lines.append(f"  {ds:18s} {v['precision']:.3f} / {v['recall']:.3f} / {v['category_accuracy']:.3f}   n={v['n']}")
+    lat = result.get("latency")
+    if lat:
+        lines += ["", f"latency, 1 thread, batch 1, {lat['input_size']} px: median {lat['median_ms']:.1f} ms, "
+                      f"p90 {lat['p90_ms']:.1f} ms over {lat['images']} images (attributes + encoder features)"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    data_dir = args.data or load_settings().data_dir
+    loaded = load_attribute_network(args.checkpoint, device=device)
+    splits = SPLITS if args.split == "all" else (args.split,)
+    result: dict[str, Any] = {"checkpoint": str(args.checkpoint or "models/attributes"),
+                              "encoder": loaded.meta["architecture"]["encoder"], "beam": args.beam,
+                              "data": str(data_dir), "splits": {}}
+    for split in splits:
+        samples = D.load_samples(data_dir, [split])
+        if args.limit:
+            samples = samples[: args.limit]
+        if not samples:
+            logger.warning("split %s has no images in %s", split, data_dir)
+            continue
+        t = time.time()
+        result["splits"][split] = evaluate_split(loaded, samples, beam=args.beam, batch_size=args.batch_size)
+        logger.info("split %s: %d images in %.0f s", split, len(samples), time.time() - t)
+    if not result["splits"]:
+        print("no images to evaluate", file=sys.stderr)
+        return 1
+    top = result["splits"].get("test") or next(iter(result["splits"].values()))
+    result = {"precision": top["precision"], "recall": top["recall"], "nll": top["nll"],
+              "category_accuracy": top["category_accuracy"], **result}
+    if args.latency_images and device == "cpu":
+        lat_split = "test" if "test" in result["splits"] else splits[-1]
+        result["latency"] = measure_latency(loaded, D.load_samples(data_dir, [lat_split]),
+                                            n_images=args.latency_images, beam=args.beam)
+    result["definitions"] = {
+        "precision_recall": "per image, generated {category token} + attribute tokens vs the true set, averaged "
+                            "over images; category token included",
+        "attribute_micro": "attribute tokens only (category excluded), micro-averaged over the split",
+        "nll": "mean per-token natural-log NLL of the true sequence after BOS (category, attributes, EOS), "
+               "teacher forcing, unmasked softmax",
+        "guided": "the true category token is forced, attributes decoded after it",
+        "top_level": "precision/recall/nll/category_accuracy of the test split when evaluated, else of the one split",
+    }
+    table = format_table(result)
+    if args.json:
+        print(table, file=sys.stderr)
+        print(json.dumps(result))
+    else:
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Retrieval features: tuning the appearance/colour features and evaluating retrieval."""

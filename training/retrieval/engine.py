@@ -1,0 +1,97 @@
+"""Retrieval evaluation loops: distance matrices, rankings, mAP / P@k and altered-copy (UKB-style) scores."""
+from __future__ import annotations
+
+import numpy as np
+
+from shared.codes.hamming import hamming_distances
+from shared.vision.features import colour_distance, combined_distance
+
+# Query rows per block of a (nq, n) distance matrix: keeps the colour distance's (block, n, bins) temporary small.
+_BLOCK = 32
+
+
+def hamming_matrix(q_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """q_codes: uint8 (nq, n_bytes), codes: uint8 (n, n_bytes) -> dists int32 (nq, n), via shared.codes.hamming."""
+    codes = np.ascontiguousarray(codes)
+    out = np.empty((q_codes.shape[0], codes.shape[0]), dtype=np.int32)
+    for i in range(q_codes.shape[0]):
+        out[i] = hamming_distances(np.ascontiguousarray(q_codes[i]), codes)
+    return out
+
+
+def cosine_matrix(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """float32 (nq, d), (n, d) -> cosine distance float32 (nq, n) = 1 - cos."""
+    qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return (1.0 - qn @ xn.T).astype(np.float32)
+
+
+def colour_matrix(q: np.ndarray, hists: np.ndarray) -> np.ndarray:
+    """float32 (nq, bins), (n, bins) -> half-L1 colour distance float32 (nq, n)."""
+    out = np.empty((q.shape[0], hists.shape[0]), dtype=np.float32)
+    for s in range(0, q.shape[0], _BLOCK):
+        out[s:s + _BLOCK] = colour_distance(q[s:s + _BLOCK], hists)
+    return out
+
+
+def combined_matrix(ham: np.ndarray, col: np.ndarray, *, n_bits: int, colour_weight: float) -> np.ndarray:
+    """The shipped ranking distance for whole matrices (see shared.vision.features.combined_distance)."""
+    return combined_distance(ham, col, n_bits=n_bits, colour_weight=colour_weight)
+
+
+def _order(d: np.ndarray) -> np.ndarray:
+    """Row order by (distance, row number): deterministic ties."""
+    return np.argsort(d, kind="stable")
+
+
+def ranking_metrics(dist: np.ndarray, rel: np.ndarray, self_idx: np.ndarray | None, ks: tuple[int, ...] = (1, 5, 10)
+                    ) -> dict[str, float]:
+    """mAP and P@k over the whole index, each query's own row left out.
+
+    dist: (nq, n) float or int; rel: bool (nq, n); self_idx: int64 (nq,) row of the query in the index, or None.
+    Queries with no relevant item are skipped (counted in "n_queries_without_relevant").
+    """
+    aps, pk = [], {k: [] for k in ks}
+    skipped = 0
+    for i in range(dist.shape[0]):
+        d = dist[i].astype(np.float64, copy=True)
+        r = rel[i].copy()
+        if self_idx is not None:
+            d[self_idx[i]] = np.inf
+            r[self_idx[i]] = False
+        n_rel = int(r.sum())
+        if n_rel == 0:
+            skipped += 1
+            continue
+        order = _order(d)
+        if self_idx is not None:
+            order = order[:-1]  # the query itself, sorted last
+        hits = r[order]
+        cum = np.cumsum(hits)
+        ranks = np.nonzero(hits)[0] + 1
+        aps.append(float((cum[ranks - 1] / ranks).mean()))
+        for k in ks:
+            pk[k].append(float(hits[:k].mean()))
+    out = {"map": float(np.mean(aps)) if aps else 0.0}
+    out.update({f"p_at_{k}": float(np.mean(v)) if v else 0.0 for k, v in pk.items()})
+    out["n_queries"] = len(aps)
+    out["n_queries_without_relevant"] = skipped
+    return out
+
+
+def altered_metrics(dist: np.ndarray, target_idx: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Altered-copy queries against the full index: P@1 (the original ranks first) and R@k (it is in the top k).
+
+    dist: (nq, n); target_idx: int64 (nq,) row of each query's original. Ties rank by row number, so an original
+    tied with others can lose to a lower row (the pessimistic side on average).
+    """
+    p1, rk = [], []
+    for i in range(dist.shape[0]):
+        d = dist[i]
+        t = target_idx[i]
+        # Rank of the target under (distance, row): strictly closer rows plus tied rows before it.
+        rank = int((d < d[t]).sum() + (d[:t] == d[t]).sum())
+        p1.append(rank == 0)
+        rk.append(rank < k)
+    return {"p_at_1_altered": float(np.mean(p1)) if p1 else 0.0,
+            f"r_at_{k}_altered": float(np.mean(rk)) if rk else 0.0, "n_altered": len(p1)}

@@ -1,0 +1,122 @@
+"""The work behind each task, as plain functions over a session (tests call them directly, twice)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+
+from shared.config import Settings
+from shared.db import queries
+from shared.db.models import Image, IndexGeneration, Job, Listing
+from shared.db.session import session_scope
+from shared.errors import PermanentError
+from shared.fetch import fetch_image_bytes
+from shared.imaging import decode_image, image_sha256
+from shared.pipeline import Analysis, Models, analyze
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job_id: int
+    status: str  # done | failed | skipped | superseded
+    message: str = ""
+
+
+def _load_image_bytes(*, engine: Engine, settings: Settings, listing_id: int) -> bytes:
+    """The listing's photo from Postgres, fetching (and storing) it first when it was given by URL."""
+    with session_scope(engine) as s:
+        listing = queries.get_listing_or_raise(session=s, listing_id=listing_id)
+        if listing.image_sha256:
+            img = s.get(Image, listing.image_sha256)
+            if img is not None:
+                return img.data
+        url = listing.image_url
+    if not url:
+        raise PermanentError("listing has neither an uploaded image nor an image URL")
+    fetched = fetch_image_bytes(url, timeout_s=settings.fetch_timeout_s, max_bytes=settings.max_image_bytes,
+                                allow_private=settings.fetch_allow_private)
+    decoded = decode_image(fetched.data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    sha = image_sha256(fetched.data)
+    with session_scope(engine) as s:
+        queries.store_image(session=s, sha256=sha, data=fetched.data, content_type=fetched.content_type,
+                            width=decoded.width, height=decoded.height)
+        listing = queries.get_listing_or_raise(session=s, listing_id=listing_id)
+        listing.image_sha256 = sha
+    return fetched.data
+
+
+def process_job(job_id: int, *, engine: Engine, settings: Settings, models: Models) -> Outcome:
+    """Run one job: claim it (lease in Postgres), do the work outside any transaction, then write every
+    derived row, the posting and the change row in one transaction. Safe to run any number of times."""
+    with session_scope(engine) as s:
+        job = queries.claim_job(session=s, job_id=job_id, lease_s=settings.job_lease_s,
+                                max_attempts=settings.job_max_attempts)
+        if job is None:
+            return Outcome(job_id, "skipped", "not runnable (finished, leased elsewhere or out of attempts)")
+        listing = s.get(Listing, job.listing_id)
+        if listing is None or listing.version != job.listing_version:
+            queries.finish_job(session=s, job=job, status="superseded")
+            return Outcome(job_id, "superseded")
+        if job.kind == "delete":
+            queries.remove_postings(session=s, listing_id=listing.id)
+            queries.finish_job(session=s, job=job)
+            return Outcome(job_id, "done", "deleted")
+        if job.kind == "ingest":
+            listing.status = "processing"
+        kind, listing_id, version = job.kind, listing.id, listing.version
+        title, description, seller_category = listing.title, listing.description, listing.seller_category
+        target_generation = job.generation_id
+
+    t0 = time.perf_counter()
+    try:
+        data = _load_image_bytes(engine=engine, settings=settings, listing_id=listing_id)
+        image = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        analysis = analyze(models, image, title=title, description=description, category_key=seller_category)
+    except PermanentError as exc:
+        _record_failure(engine=engine, job_id=job_id, listing_id=listing_id, version=version, kind=kind,
+                        message=str(exc))
+        logger.info("listing %s failed permanently: %s", listing_id, exc)
+        return Outcome(job_id, "failed", str(exc))
+
+    with session_scope(engine) as s:
+        job = s.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one()
+        listing = s.execute(select(Listing).where(Listing.id == listing_id).with_for_update()).scalar_one()
+        if job.status != "running" or listing.version != version:
+            if job.status == "running":
+                queries.finish_job(session=s, job=job, status="superseded")
+            return Outcome(job_id, "superseded")
+        if target_generation is not None:
+            generation = s.get(IndexGeneration, target_generation)
+        else:
+            generation = queries.ensure_generation(session=s, model_version=models.model_version)
+        _write(s, listing=listing, generation_id=generation.id, analysis=analysis, models=models)
+        if kind == "ingest":
+            listing.status, listing.status_message = "ready", None
+        queries.finish_job(session=s, job=job)
+    logger.info("listing %s indexed in %.0f ms (category %s via %s)", listing_id,
+                (time.perf_counter() - t0) * 1000, analysis.category_key, analysis.category_source)
+    return Outcome(job_id, "done")
+
+
+def _write(s, *, listing: Listing, generation_id: int, analysis: Analysis, models: Models) -> None:
+    queries.write_results(
+        session=s, listing=listing, generation_id=generation_id, taxonomy_version=models.taxonomy.version,
+        category_id=analysis.category_id, category_source=analysis.category_source,
+        category_confidence=analysis.category_confidence, attribute_net_version=models.attribute_version,
+        attributes=[(a.attribute_id, a.probability) for a in analysis.attributes],
+        detector_version=models.detector_version, rois=analysis.roi_rows(), code=analysis.code,
+        colour=analysis.colour_bytes())
+
+
+def _record_failure(*, engine: Engine, job_id: int, listing_id: int, version: int, kind: str, message: str) -> None:
+    with session_scope(engine) as s:
+        job = s.get(Job, job_id)
+        if job is not None and job.status == "running":
+            queries.finish_job(session=s, job=job, status="failed", error=message)
+        listing = s.get(Listing, listing_id)
+        if listing is not None and listing.version == version and kind == "ingest":
+            listing.status, listing.status_message = "failed", message

@@ -1,0 +1,110 @@
+"""Celery tasks (thin): each re-reads Postgres, delegates to `workers.processing`, and is safe to repeat.
+
+Task names are stable strings because messages already in Redis refer to them.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from shared.db import queries
+from shared.db.session import make_engine, session_scope
+from shared.errors import TransientError
+from shared.pipeline import Models
+from workers import events
+from workers.celery_app import app, app_settings
+from workers.processing import process_job
+
+logger = logging.getLogger(__name__)
+
+
+class PipelineTask(Task):
+    """Per-process lazy resources: the engine (created after the fork) and the networks (loaded once)."""
+
+    _engine: Engine | None = None
+    _models: Models | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if PipelineTask._engine is None:
+            PipelineTask._engine = make_engine(app_settings())
+        return PipelineTask._engine
+
+    @property
+    def models(self) -> Models:
+        if PipelineTask._models is None:
+            PipelineTask._models = Models.load(app_settings())
+        return PipelineTask._models
+
+
+@app.task(bind=True, base=PipelineTask, name="listing.process_job", max_retries=8)
+def process_job_task(self: PipelineTask, job_id: int) -> str:
+    settings = app_settings()
+    try:
+        outcome = process_job(job_id, engine=self.engine, settings=settings, models=self.models)
+    except (TransientError, OperationalError, DBAPIError) as exc:
+        # Put the job back first so the reconciler can take over if this retry is lost too.
+        try:
+            with session_scope(self.engine) as s:
+                queries.release_job_for_retry(session=s, job_id=job_id, error=f"transient: {exc}")
+        except Exception:  # noqa: BLE001 - the database may be what is down; the lease will expire
+            logger.warning("could not release job %s after a transient error", job_id)
+        countdown = min(60, 2 ** self.request.retries)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    return outcome.status
+
+
+@app.task(bind=True, base=PipelineTask, name="jobs.reconcile")
+def reconcile_task(self: PipelineTask) -> int:
+    """Re-send jobs whose message may be lost (expired lease, or queued but never/long ago sent)."""
+    settings = app_settings()
+    with session_scope(self.engine) as s:
+        job_ids = queries.jobs_to_requeue(session=s, stale_after_s=settings.job_lease_s)
+    sent = enqueue_jobs(job_ids, engine=self.engine)
+    from workers.reindex import finalize_admin_jobs
+
+    finalize_admin_jobs(engine=self.engine)
+    if sent:
+        logger.info("reconciler re-queued %d job(s)", sent)
+    return sent
+
+
+@app.task(bind=True, base=PipelineTask, name="listing.event", max_retries=8)
+def listing_event_task(self: PipelineTask, event: dict[str, Any]) -> str:
+    """An upstream marketplace event (see workers/events.py for the schema)."""
+    try:
+        job_id = events.apply_event(event, engine=self.engine, settings=app_settings())
+    except (OperationalError, DBAPIError) as exc:
+        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
+    if job_id is not None:
+        enqueue_jobs([job_id], engine=self.engine)
+    return "queued" if job_id is not None else "unchanged"
+
+
+@app.task(bind=True, base=PipelineTask, name="admin.reindex")
+def reindex_task(self: PipelineTask, admin_job_id: int) -> int:
+    from workers import reindex
+
+    return reindex.run_reindex(admin_job_id, engine=self.engine, models=self.models, enqueue=enqueue_jobs)
+
+
+def enqueue_jobs(job_ids: list[int], *, engine: Engine) -> int:
+    """Send process_job messages and stamp enqueued_at. A broker failure leaves the jobs queued in
+    Postgres, where the reconciler finds them once the broker is back."""
+    sent: list[int] = []
+    try:
+        for job_id in job_ids:
+            process_job_task.apply_async((job_id,), retry=True,
+                                         retry_policy={"max_retries": 2, "interval_start": 0.2,
+                                                       "interval_step": 0.5, "timeout": 3})
+            sent.append(job_id)
+    except Exception as exc:  # noqa: BLE001 - kombu raises many transport errors; all mean "not sent"
+        logger.warning("broker unavailable, %d job(s) stay queued in Postgres: %s", len(job_ids) - len(sent), exc)
+    if sent:
+        with session_scope(engine) as s:
+            queries.mark_enqueued(session=s, job_ids=sent)
+    return len(sent)
