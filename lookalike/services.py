@@ -111,6 +111,13 @@ class EmbeddedServices:
             logger.warning("pg_ctl stop failed (%s); sending SIGTERM to %s", exc, self._pg_pid)
             if _pid_alive(self._pg_pid):
                 os.kill(self._pg_pid, signal.SIGTERM)
+        # pgserver caches one handle per data folder for the process's life; forget it so that a later
+        # start in this process really starts the server again.
+        from pgserver.postgres_server import PostgresServer
+
+        server = PostgresServer._instances.pop(pgdata.expanduser().resolve(), None)
+        if server is not None:
+            server.global_process_id_list.get_and_remove(os.getpid())
 
     # -- Redis ------------------------------------------------------------------------------------------
     def start_redis(self) -> str:

@@ -157,6 +157,6 @@ def describe_settings() -> list[tuple[str, str, str]]:
     for f in fields(Settings):
         default = "" if f.default is None else str(f.default)
         if isinstance(f.default, Path):
-            default = str(f.default).replace(str(REPO_ROOT.parent), "..").replace(str(REPO_ROOT), ".")
+            default = str(f.default).replace(str(REPO_ROOT), ".").replace(str(REPO_ROOT.parent), "..")
         rows.append((env_name(f.name), default, f.metadata["doc"]))
     return rows

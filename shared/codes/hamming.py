@@ -14,6 +14,7 @@ __all__ = [
     "hamming_distances",
     "top_k",
     "top_k_parallel",
+    "top_k_blended",
     "top_k_reference",
     "check_query",
     "check_codes",
@@ -394,7 +395,7 @@ def _d_bound(thr, w_d, max_d):
     return np.int64(thr / w_d) + 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _blend_scan(q, codes, rows, use_rows, start, stop, k, aux_q, aux, w_d, w_l, ids, use_ids, exclude, use_exclude):
     """Exact top-k by w_d * hamming + w_l * L1(aux), ties by id -> (scores f64, dists i32, l1 i32, rows i64)."""
     kk = min(k, stop - start)
@@ -435,6 +436,28 @@ def _blend_scan(q, codes, rows, use_rows, start, stop, k, aux_q, aux, w_d, w_l, 
         j += 1
     cnt, thr, thr_id = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids) if cnt > 0 else (0, thr, thr_id)
     return cs[:cnt].copy(), cd[:cnt].copy(), cl[:cnt].copy(), cr[:cnt].copy()
+
+
+@njit(cache=True, nogil=True)
+def _blend_range(q, codes, start, stop, k, aux_q, aux, w_d, w_l, ids, use_ids, exclude, use_exclude):
+    no_rows = np.empty(0, dtype=np.int32)
+    return _blend_scan(
+        q, codes, no_rows, False, start, stop, k, aux_q, aux, w_d, w_l, ids, use_ids, exclude, use_exclude
+    )
+
+
+@njit(cache=True, nogil=True)
+def _blend_rows(q, codes, rows, start, stop, k, aux_q, aux, w_d, w_l, ids, use_ids, exclude, use_exclude):
+    n = codes.shape[0]
+    for j in range(start, stop):
+        if rows[j] < 0 or rows[j] >= n:
+            return (
+                np.empty(0, np.float64), np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int64), False
+            )
+    s, d, l1, r = _blend_scan(
+        q, codes, rows, True, start, stop, k, aux_q, aux, w_d, w_l, ids, use_ids, exclude, use_exclude
+    )
+    return s, d, l1, r, True
 
 
 @njit(cache=True, nogil=True)
@@ -596,6 +619,61 @@ def top_k(
     if not ok:
         raise IndexError(f"rows must be in [0, {n}), got a row out of range")
     return dists, idx
+
+
+def top_k_blended(
+    q: np.ndarray,
+    codes: np.ndarray,
+    k: int,
+    *,
+    aux_q: np.ndarray,
+    aux: np.ndarray,
+    weight: float,
+    n_bits: int,
+    aux_scale: float,
+    rows: np.ndarray | None = None,
+    ids: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k by a blend of Hamming distance and an L1 distance between small uint8 side vectors, in one scan.
+
+    score = (1 - weight) * hamming / n_bits + weight * L1(aux_q, aux[row]) / aux_scale; lower is better, ties by id.
+    q, codes, rows, ids, exclude, start, stop: as in top_k. aux_q: uint8 (m,); aux: uint8 (n, m) C-contiguous.
+    The side vector of a row is read only when its Hamming term alone can still beat the running k-th score, so a
+    small weight costs little more than top_k. Returns scores: float64 (k',), dists: int32 (k',), l1: int32 (k',),
+    idx: int64 (k',) -- row numbers, sorted by (score, id).
+    """
+    k = _check_k(k)
+    qw, words = _prepared(q, codes)
+    n = codes.shape[0]
+    if not isinstance(aux_q, np.ndarray) or aux_q.dtype != np.uint8 or aux_q.ndim != 1:
+        raise TypeError(f"aux_q must be a uint8 (m,) array, got {getattr(aux_q, 'dtype', type(aux_q).__name__)}")
+    check_codes(aux, "aux")
+    if aux.shape != (n, aux_q.shape[0]):
+        raise ValueError(f"aux must have shape ({n}, {aux_q.shape[0]}), got {aux.shape}")
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    if n_bits <= 0 or aux_scale <= 0:
+        raise ValueError(f"n_bits and aux_scale must be positive, got {n_bits}, {aux_scale}")
+    rows_a = _check_rows(rows)
+    ids_a = _check_ids(ids, n)
+    excl_a = _check_exclude(exclude, n)
+    total = rows_a.shape[0] if rows is not None else n
+    stop = total if stop is None else stop
+    if not 0 <= start <= stop <= total:
+        raise ValueError(f"need 0 <= start <= stop <= {total}, got start={start}, stop={stop}")
+    w_d = (1.0 - float(weight)) / float(n_bits)
+    w_l = float(weight) / float(aux_scale)
+    aq = np.ascontiguousarray(aux_q)
+    use_ids, use_excl = ids is not None, exclude is not None
+    if rows is None:
+        return _blend_range(qw, words, start, stop, k, aq, aux, w_d, w_l, ids_a, use_ids, excl_a, use_excl)
+    s, d, l1, r, ok = _blend_rows(qw, words, rows_a, start, stop, k, aq, aux, w_d, w_l, ids_a, use_ids, excl_a, use_excl)
+    if not ok:
+        raise IndexError(f"rows must be in [0, {n}), got a row out of range")
+    return s, d, l1, r
 
 
 _POOL: ThreadPoolExecutor | None = None

@@ -87,6 +87,10 @@ class Stream(nn.Module):
             c = split[0] + split[1]
         self.c_out = c
         self.shortcut = ConvBN(c_in, c, 1, stride, act=False) if n_convs > 1 else None
+        if self.shortcut is not None:
+            # Zero-init the main path's last BN so the stream starts as its projection (ResNet's trick).
+            for conv in (self.split if self.split is not None else [self.body[-1]]):
+                nn.init.zeros_(conv.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
@@ -208,7 +212,7 @@ class ResCeption(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        # Zero-init the last BN of every shortcut stream's main path so each starts as its projection (ResNet trick).
+        # Re-apply the zero init of Stream.__init__ (the loop above reset every BN to one).
         for m in self.modules():
             if isinstance(m, Stream) and m.shortcut is not None:
                 last = m.split if m.split is not None else [m.body[-1]]

@@ -5,7 +5,7 @@ Network: EfficientNet-Lite0 stride 8/16/32 maps -> FPN (64 channels, plus a max-
 -> RPN (6 anchors per position) -> RoIAlign 7x7 -> TwoMLPHead(256) -> 20 classes (0 = background,
 class c + 1 = taxonomy category c). Inputs are RGB floats in [0, 1]; GeneralizedRCNNTransform normalises
 them as (x - 127/255) / (128/255), i.e. the backbone's (x - 127) / 128 on 0..255 pixels, and resizes so
-that the longer side is `max_size` (the serving resolution).
+that the longer side is `max_size` (the serving resolution, 256 px).
 """
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ NETWORK_NAME = "roi_detector_effl0_fpn"
 NUM_CLASSES = 20  # 19 taxonomy categories + background
 FPN_CHANNELS = 64
 REPRESENTATION = 256
-SERVING_SIZE = 320  # longer side, px
+SERVING_SIZE = 256  # longer side, px (our staged photos are at most 256 px: more would only upsample)
 # Anchor sizes per FPN level (strides 8, 16, 32, 64), in px of the resized image. Two scales per level
-# cover sunglasses/shoes in street photos (~15-30 px at 320) up to whole-photo product boxes (~320 px).
+# cover sunglasses/shoes in street photos (~12-30 px at 256) up to whole-photo product boxes (~256 px).
 ANCHOR_SIZES = ((16, 24), (40, 56), (80, 112), (160, 256))
 # torchvision's ratio is h / w: wide shoes/bags/sunglasses (0.5), square, tall trousers/dresses (2).
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -92,7 +92,7 @@ def build_roi_detector(*, num_classes: int = NUM_CLASSES, weights: str | Path | 
 
     weights: a checkpoint dir / .safetensors path / state dict (overrides pretrained_backbone);
     pretrained_backbone: start the body from the pip package's ImageNet weights (training).
-    min_size == max_size == 320 resizes every image so its longer side is 320 px (the serving resolution).
+    min_size == max_size == 256 resizes every image so its longer side is 256 px (the serving resolution).
     """
     body = efficientnet_lite0(pretrained=pretrained_backbone and weights is None)
     backbone = LiteFPNBackbone(body)

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
     p.add_argument("--run-dir", type=Path, default=None, help="checkpoints and logs (default var/attributes/runs/NAME)")
     p.add_argument("--name", default=None, help="run name (default ENCODER_SIZE)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the epoch-invariant caches live")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--promote", type=Path, default=None, help="copy the best checkpoint to this folder at the end")
     return p
@@ -99,13 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     train_s = D.load_samples(data_dir, ["train"])
     val_s = D.load_samples(data_dir, ["val"])
     if fs:
-        store_tr = D.cached_prefix_maps(net.encoder, args.encoder, train_s, args.input_size, fs, DEFAULT_CACHE,
+        store_tr = D.cached_prefix_maps(net.encoder, args.encoder, train_s, args.input_size, fs, args.cache_dir,
                                         batch_size=16, device=device)
-        store_va = D.cached_prefix_maps(net.encoder, args.encoder, val_s, args.input_size, fs, DEFAULT_CACHE,
+        store_va = D.cached_prefix_maps(net.encoder, args.encoder, val_s, args.input_size, fs, args.cache_dir,
                                         batch_size=16, device=device)
     else:
-        store_tr = D.cached_pixels(train_s, args.input_size, DEFAULT_CACHE)
-        store_va = D.cached_pixels(val_s, args.input_size, DEFAULT_CACHE)
+        store_tr = D.cached_pixels(train_s, args.input_size, args.cache_dir)
+        store_va = D.cached_pixels(val_s, args.input_size, args.cache_dir)
     cache_s = time.time() - t_cache
     logger.info("caches ready in %.0f s: train %s, val %s", cache_s, tuple(store_tr.shape), tuple(store_va.shape))
     seqs_tr = [s.tokens for s in train_s]

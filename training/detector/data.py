@@ -127,7 +127,7 @@ def select_items(data_dir: str | Path, *, splits: Sequence[str], myntra_per_cate
 def load_rgb(path: Path) -> np.ndarray:
     """uint8 (h, w, 3) RGB pixels of an image file."""
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return np.array(im.convert("RGB"), dtype=np.uint8)
 
 
 def build_samples(items: Sequence[LabeledImage]) -> tuple[list[DetectionSample], list[torch.Tensor]]:

@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--myntra-per-category", type=int, default=50,
                    help="Myntra photos per taxonomy category (60x80 px and easy; -1 = all)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = all; smoke tests)")
-    p.add_argument("--time-budget", type=float, default=75.0,
+    p.add_argument("--time-budget", type=float, default=72.0,
                    help="minutes of training: the cosine schedule follows max(step/total, elapsed/budget) and "
                         "training ends when either reaches 1, so a shared CPU still finishes on time (0 = off)")
     p.add_argument("--ckpt-every", type=int, default=100, help="save last.pt every N steps")
@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present) / cpu / cuda")
     p.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    p.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "var" / "detector" / "cache",
+                   help="decoded images + product boxes, reused across runs")
     p.add_argument("--no-val", action="store_true", help="skip the final validation pass")
     return p.parse_args(argv)
 
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("no training images in %s (split train)", data_dir)
         return 2
     data_hash = ddata.items_hash(items)
-    samples, pixels = ddata.load_cached_samples(items, REPO_ROOT / "var" / "detector" / "cache")
+    samples, pixels = ddata.load_cached_samples(items, args.cache_dir)
     logger.info("training on %d images (%s), data hash %s", len(samples),
                 {d: sum(s.dataset == d for s in samples) for d in sorted({s.dataset for s in samples})}, data_hash[:12])
 

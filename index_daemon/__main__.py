@@ -1,0 +1,63 @@
+"""python -m index_daemon: load the active generation, follow the change sequence, serve search on loopback.
+
+One process on purpose: the RAM index exists once (several web workers would each hold a copy).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+
+from shared.config import Settings, load_settings
+
+logger = logging.getLogger("index_daemon")
+
+
+def colour_weight_from(settings: Settings) -> float:
+    """The colour weight tuned on the val split and shipped with the feature configuration."""
+    manifest = settings.models_dir / "features" / "manifest.json"
+    return float(json.loads(manifest.read_text())["colour_weight"])
+
+
+def run(settings: Settings) -> int:
+    from waitress import create_server
+
+    from index_daemon.holder import SnapshotHolder
+    from index_daemon.reloader import Reloader
+    from index_daemon.server import create_daemon_app
+    from shared.db.session import make_engine
+
+    engine = make_engine(settings)
+    holder = SnapshotHolder()
+    reloader = Reloader(engine, holder, poll_s=settings.index_poll_ms / 1000)
+    app = create_daemon_app(holder, colour_weight=colour_weight_from(settings))
+    server = create_server(app, host=settings.index_host, port=settings.index_port, threads=4, ident="indexd")
+    reloader.start()  # loads in the background: /healthz answers at once, /readyz once loaded
+
+    def _stop(*_: object) -> None:
+        # Unwind server.run() in the main thread, then stop the reloader and close the pool below.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    logger.info("index daemon on http://%s:%s/", settings.index_host, settings.index_port)
+    try:
+        server.run()
+    except (KeyboardInterrupt, OSError):
+        pass
+    finally:
+        reloader.stop()
+        engine.dispose()
+    return 0
+
+
+def main() -> int:
+    from lookalike.supervisor import services_for
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with services_for(load_settings(), need_redis=False) as (settings, _):
+        return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Follows Postgres: bulk-loads the active generation, then applies the change sequence every poll,
+building a new immutable snapshot each time and swapping it in (queries never see half an update)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+from sqlalchemy import Engine
+
+from index_daemon import loader
+from index_daemon.holder import SnapshotHolder
+from shared.index.postings import IndexSnapshot
+
+logger = logging.getLogger(__name__)
+
+
+def snapshot_from_arrays(arrays: loader.PostingArrays, *, generation: int) -> IndexSnapshot:
+    return IndexSnapshot.build(arrays.ids, arrays.category_ids, (arrays.attr_offsets, arrays.attr_values),
+                               arrays.codes, arrays.colours, generation=generation, colours_quantized=True)
+
+
+def apply_delta(snapshot: IndexSnapshot, arrays: loader.PostingArrays, deleted: list[int]) -> IndexSnapshot:
+    return snapshot.apply_arrays(arrays.ids, arrays.category_ids, (arrays.attr_offsets, arrays.attr_values),
+                                 arrays.codes, arrays.colours, deletes=np.asarray(deleted, dtype=np.int64))
+
+
+class Reloader:
+    def __init__(self, engine: Engine, holder: SnapshotHolder, *, poll_s: float) -> None:
+        self.engine, self.holder, self.poll_s = engine, holder, poll_s
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="reloader", daemon=True)
+
+    def full_load(self) -> None:
+        t0 = time.perf_counter()
+        self.holder.state.status = "loading" if self.holder.current() is None else self.holder.state.status
+        gen, model_version, last_seq, arrays = loader.load_generation(self.engine)
+        snap = snapshot_from_arrays(arrays, generation=gen or 0)
+        elapsed = time.perf_counter() - t0
+        self.holder.swap(snap, status="ready", generation=gen, model_version=model_version, last_seq=last_seq,
+                         loaded_at=time.time(), load_seconds=elapsed, error=None)
+        logger.info("snapshot ready: generation %s, %d items, seq %d, %.2f s", gen, snap.n_items, last_seq, elapsed)
+
+    def poll_once(self) -> int:
+        """Apply pending changes; returns how many listings changed."""
+        st = self.holder.state
+        batch = loader.read_changes(self.engine, after_seq=st.last_seq, generation_id=st.generation)
+        if batch.activated:
+            logger.info("a new generation was activated; reloading")
+            self.full_load()
+            return -1
+        if not batch.upserted and not batch.deleted:
+            st.last_seq = batch.last_seq
+            return 0
+        arrays = (loader.fetch_postings(self.engine, st.generation, listing_ids=batch.upserted)
+                  if batch.upserted else loader.empty_arrays(0, 0))
+        # An upsert whose posting is gone by now was deleted since: treat it as a delete.
+        missing = sorted(set(batch.upserted) - set(arrays.ids.tolist()))
+        snap = apply_delta(self.holder.current(), arrays, batch.deleted + missing)
+        self.holder.swap(snap, last_seq=batch.last_seq)
+        return len(batch.upserted) + len(batch.deleted)
+
+    def _run(self) -> None:
+        backoff = self.poll_s
+        while not self._stop.is_set():
+            try:
+                if self.holder.current() is None:
+                    self.full_load()
+                else:
+                    self.poll_once()
+                backoff = self.poll_s
+            except Exception as exc:  # noqa: BLE001 - keep serving the last good snapshot
+                self.holder.state.error = f"{exc.__class__.__name__}: {exc}"
+                logger.warning("reload failed (serving the previous snapshot): %s", exc)
+                backoff = min(5.0, backoff * 2)
+            self._stop.wait(backoff)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
