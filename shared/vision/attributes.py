@@ -257,6 +257,18 @@ def decode(net: AttributeNet, ctx: torch.Tensor, rules: DecodeRules, *, beam: in
     return out
 
 
+_RULES: dict[tuple[str, tuple[tuple[str, int], ...]], DecodeRules] = {}
+
+
+def decode_rules(tax: Taxonomy, max_per_group: dict[str, int] | None = None) -> DecodeRules:
+    """DecodeRules for a taxonomy, memoised (building the masks costs about a millisecond per call otherwise)."""
+    limits = dict(MAX_PER_GROUP if max_per_group is None else max_per_group)
+    key = (tax.version, tuple(sorted(limits.items())))
+    if key not in _RULES:
+        _RULES[key] = DecodeRules(tax, limits)
+    return _RULES[key]
+
+
 def _device(net: nn.Module) -> torch.device:
     return next(net.parameters()).device
 
@@ -289,7 +301,9 @@ def analyze_images(loaded, images: Sequence[Image.Image], *, category_id: int | 
     net: AttributeNet = loaded.net
     net.eval()
     tax = load_taxonomy()
-    rules = DecodeRules(tax, max_per_group)
+    if max_per_group is None:
+        max_per_group = (getattr(loaded, "meta", None) or {}).get("architecture", {}).get("max_per_group")
+    rules = decode_rules(tax, max_per_group)
     cats = _categories(category_id, len(images))
     dev = _device(net)
     preds: list[AttributePrediction] = []

@@ -131,7 +131,7 @@ class Roi:
     """One box: pixel (x0, y0, x1, y1) of the input image, taxonomy category id, score in [0, 1]."""
 
     xyxy: tuple[float, float, float, float]
-    category_id: int | None  # None only for the whole-image fallback
+    category_id: int | None  # whole-image fallback: the requested category, None when not guided
     score: float
 
 

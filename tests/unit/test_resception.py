@@ -9,6 +9,15 @@ from shared.vision.resception import FULL, SMALL, PoolStream, ResCeption, ResCep
 TINY = ResCeptionConfig("tiny", width=0.125, repeats=(1, 1, 1), input_size=64)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The dev box is shared by concurrent trainings: oversubscribed intra-op threads make tiny convs 5x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny() -> ResCeption:
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from shared.taxonomy import N_SPECIAL, Taxonomy
 from shared.vision import presets
-from shared.vision.attributes import AttributeNet, DecodeRules, decode, pad_sequences, sequence_nll
+from shared.vision.attributes import AttributeNet, decode, decode_rules, pad_sequences, sequence_nll
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def validate(net: AttributeNet, store: torch.Tensor, seqs: Sequence[Sequence[int
              batch_size: int = 128) -> dict[str, Any]:
     """Teacher-forced NLL per token and greedy-decoded set precision/recall on a cached split."""
     net.eval()
-    rules = DecodeRules(tax)
+    rules = decode_rules(tax)
     metrics = SetMetrics(tax)
     nll_sum, n_tok = 0.0, 0
     for lo in range(0, len(seqs), batch_size):

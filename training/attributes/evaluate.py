@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from shared.config import load_settings
 from shared.taxonomy import load_taxonomy
-from shared.vision.attributes import DecodeRules, analyze_images, decode, images_to_batch, pad_sequences, sequence_nll
+from shared.vision.attributes import analyze_images, decode, decode_rules, images_to_batch, pad_sequences, sequence_nll
 from shared.vision.registry import load_attribute_network
 from training.attributes import data as D
 from training.attributes.engine import SetMetrics
@@ -57,7 +57,7 @@ def evaluate_split(loaded, samples: list[D.Sample], *, beam: int, batch_size: in
     """Automatic and guided metrics plus teacher-forced NLL for one split."""
     net = loaded.net
     tax = load_taxonomy()
-    rules = DecodeRules(tax, loaded.meta.get("architecture", {}).get("max_per_group"))
+    rules = decode_rules(tax, loaded.meta.get("architecture", {}).get("max_per_group"))
     dev = next(net.parameters()).device
     auto, guided = SetMetrics(tax), SetMetrics(tax)
     by_dataset: dict[str, SetMetrics] = {}

@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for the mAP pass (0 = torch default)")
     p.add_argument("--latency-images", type=int, default=40, help="images timed per thread count (0 = skip)")
+    p.add_argument("--record", action="store_true",
+                   help="also store the figures under metrics.<split> in the checkpoint's manifest.json (before promotion)")
+    p.add_argument("--latency-threads", default="2,1", help="comma-separated thread counts to time")
     p.add_argument("--score-threshold", type=float, default=0.3, help="detect_rois threshold for fallback stats")
     p.add_argument("--device", default="auto", help="auto / cpu / cuda for the mAP pass (latency is always CPU)")
     return p.parse_args(argv)
@@ -67,7 +70,7 @@ def measure_latency(loaded: roi.LoadedDetector, samples: list[ddata.DetectionSam
     try:
         for t in threads:
             torch.set_num_threads(t)
-            for im, cat in images[:3]:  # warm-up: allocator and oneDNN kernels
+            for im, cat in images[: min(3, len(images))]:  # warm-up: allocator and oneDNN kernels
                 roi.detect_rois(cpu, im, category_id=cat)
             ms = []
             for im, cat in images:
@@ -88,6 +91,13 @@ def evaluate(loaded: roi.LoadedDetector, samples: list[ddata.DetectionSample], p
     dets = engine.detect_samples(loaded.net, samples, pixels, device=loaded.device, progress=progress)
     res: dict = engine.table3(samples, dets, num_categories=n_cat, gt="listing")
     res["all_boxes_gt"] = engine.table3(samples, dets, num_categories=n_cat, gt="all")
+    # The test split is mostly small Myntra product photos: report each source on its own too.
+    res["by_dataset"] = {}
+    for ds in sorted({s.dataset for s in samples}):
+        idx = [i for i, s in enumerate(samples) if s.dataset == ds]
+        sub_s, sub_d = [samples[i] for i in idx], [dets[i] for i in idx]
+        res["by_dataset"][ds] = {"n_images": len(idx), **engine.table3(sub_s, sub_d, num_categories=n_cat, gt="listing"),
+                                 "all_boxes_gt": engine.table3(sub_s, sub_d, num_categories=n_cat, gt="all")}
     ap = {(mode, gt): engine.per_class_ap(samples, dets, num_categories=n_cat, iou=0.5, guided=mode == "guided", gt=gt)
           for mode in ("guided", "non_guided") for gt in ("listing", "all")}
     per_class = {}
@@ -127,9 +137,16 @@ def _r(x: float) -> float | None:
 
 
 def _round_table(res: dict) -> None:
-    for block in (res, res["all_boxes_gt"]):
+    blocks = [res, res["all_boxes_gt"]]
+    for sub in res.get("by_dataset", {}).values():
+        blocks += [sub, sub["all_boxes_gt"]]
+    for block in blocks:
         for mode in ("guided", "non_guided"):
             block[mode] = {k: _r(v) for k, v in block[mode].items()}
+
+
+def _f(v: float | None) -> str:
+    return "    -  " if v is None else f"{v:7.3f}"
 
 
 def print_table(res: dict, out=sys.stdout) -> None:
@@ -145,6 +162,11 @@ def print_table(res: dict, out=sys.stdout) -> None:
     w("mAP (all boxes ground truth)\n")
     for mode in ("guided", "non_guided"):
         w(f"  {mode:<27}" + "  ".join(f"{res['all_boxes_gt'][mode][k]:7.3f}" for k in ious) + "\n")
+    for ds, sub in res.get("by_dataset", {}).items():
+        w(f"{ds} only ({sub['n_images']} images), listing / all-boxes ground truth\n")
+        for mode in ("guided", "non_guided"):
+            w(f"  {mode:<27}" + "  ".join(f"{_f(sub[mode][k])}" for k in ious) + "   |"
+              + "  ".join(f"{_f(sub['all_boxes_gt'][mode][k])}" for k in ious) + "\n")
     w("\nAP@0.5 per class            n_gt  guided  non-guided | all-boxes gt: n_gt guided non-guided\n")
     f = lambda v: "    -  " if v is None else f"{v:7.3f}"
     for key, pc in res["per_class"].items():
@@ -189,7 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     _round_table(res)
     if args.latency_images > 0:
-        res["latency_ms"] = measure_latency(loaded, samples, n=args.latency_images)
+        threads = tuple(int(t) for t in args.latency_threads.split(",") if t.strip())
+        res["latency_ms"] = measure_latency(loaded, samples, n=args.latency_images, threads=threads)
+    if args.record:
+        path = Path(args.checkpoint or roi.DEFAULT_CHECKPOINT_DIR) / "manifest.json"
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest.setdefault("metrics", {})[args.split] = {
+            k: res[k] for k in ("guided", "non_guided", "all_boxes_gt", "by_dataset", "per_class", "guided_fallback",
+                                "chosen_roi_hit50", "latency_ms", "n_images", "datasets") if k in res}
+        manifest["metrics"][args.split]["command"] = "lookalike evaluate detector " + " ".join(
+            argv if argv is not None else sys.argv[1:])
+        path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     if args.json:
         sys.stdout.write(json.dumps(res) + "\n")
     else:

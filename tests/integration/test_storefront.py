@@ -1,0 +1,221 @@
+"""The storefront page and the docs page in headless Chromium, against the live system (real worker, index daemon
+and API processes): upload, the three search options, "Load more", a corrupt file, and the API docs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from PIL import Image
+
+from shared.config import REPO_ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+CHROMIUM = Path("/usr/bin/chromium")
+# The machine has no network: never let Playwright fetch a browser, and keep Chromium from calling home.
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# A T-shirt from the part of the sample catalogue that live_system indexes (rows[::4]).
+TSHIRT = REPO_ROOT / "sample" / "images" / "clothing_04520051-6197-4561-a721-8e73c0d4116a.jpg"
+SHOTS = REPO_ROOT / "var" / "storefront"
+SEARCH_TIMEOUT_MS = 120_000  # the first search may wait for the API to load its networks on a busy CPU
+UI_TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    page.errors = []  # uncaught exceptions in the page: any of them fails the test
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def _is_search(response) -> bool:
+    return response.url.endswith("/v1/search") and response.request.method == "POST"
+
+
+def _search(page) -> tuple[Any, dict]:
+    """Press Search and return (the HTTP response, its JSON body) once the page has rendered it."""
+    with page.expect_response(_is_search, timeout=SEARCH_TIMEOUT_MS) as info:
+        page.get_by_test_id("search-button").click()
+    response = info.value
+    body = response.json()
+    # The page has finished with the answer when it leaves the loading state.
+    page.wait_for_function("document.getElementById('app').dataset.state !== 'loading'")
+    return response, body
+
+
+def _form_fields(response) -> dict[str, str]:
+    """The plain (non-file) fields of the multipart request the page sent."""
+    raw = response.request.post_data_buffer or b""
+    fields: dict[str, str] = {}
+    for part in raw.split(b"Content-Disposition: form-data; ")[1:]:
+        head, _, value = part.partition(b"\r\n\r\n")
+        if b"filename=" in head:
+            continue
+        name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode()
+        fields[name] = value.rsplit(b"\r\n--", 1)[0].decode()
+    return fields
+
+
+def _card_ids(page) -> list[int]:
+    return [int(v) for v in page.get_by_test_id("result-card").evaluate_all("els => els.map(e => e.dataset.listingId)")]
+
+
+def _expect_results_match(page, body: dict) -> None:
+    from playwright.sync_api import expect
+
+    assert body["results"], f"no results for option {body['option']}: {body}"
+    cards = page.get_by_test_id("result-card")
+    expect(cards).to_have_count(len(body["results"]))
+    assert _card_ids(page) == [r["listing_id"] for r in body["results"]]
+    first = cards.first
+    expect(first.locator(".card-title")).to_have_text(body["results"][0]["title"])
+    expect(first.get_by_test_id("result-score")).to_contain_text("match")
+    expect(first.locator("img")).to_have_attribute("src", body["results"][0]["image"])
+    assert first.locator("img").evaluate("img => img.complete && img.naturalWidth > 0"), "listing photo did not load"
+
+
+def _box_inside(inner: dict, outer: dict, slack: float = 1.5) -> bool:
+    return (inner["x"] >= outer["x"] - slack and inner["y"] >= outer["y"] - slack
+            and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + slack
+            and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + slack)
+
+
+def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
+    from playwright.sync_api import expect
+
+    base = live_system.api_url
+    # Page size for this run: one less than the chosen-category matches, so "Load more" has a second page.
+    probe = requests.post(f"{base}/v1/search", files={"image": ("q.jpg", TSHIRT.read_bytes())},
+                          data={"category": "tshirt", "k": 100}, timeout=120)
+    assert probe.status_code == 200, probe.text
+    n_tshirt = len(probe.json()["results"])
+    assert n_tshirt >= 2, f"the sample index has {n_tshirt} T-shirt listings; Load more needs 2"
+    page_k = min(6, n_tshirt - 1)
+
+    page.goto(f"{base}/?k={page_k}")
+    expect(page.get_by_test_id("category-select").locator("option[value='tshirt']")).to_have_count(1)
+    expect(page.get_by_test_id("search-button")).to_be_disabled()
+
+    # 1. Upload a photo: it is drawn on the canvas at its aspect ratio.
+    page.get_by_test_id("file-input").set_input_files(str(TSHIRT))
+    canvas = page.get_by_test_id("photo-canvas")
+    expect(canvas).to_be_visible()
+    expect(page.get_by_test_id("search-button")).to_be_enabled()
+    with Image.open(TSHIRT) as im:
+        width, height = im.size
+    cbox = canvas.bounding_box()
+    assert abs(cbox["width"] / cbox["height"] - width / height) < 0.02, (cbox, width, height)
+
+    # 2. Automatic category: a grid of cards, the predicted category and attributes, the predicted ROI on the photo.
+    response, body = _search(page)
+    assert response.status == 200, body
+    assert body["option"] == 1
+    assert _form_fields(response).keys() == {"k", "offset"}  # nothing but the photo and the paging
+    _expect_results_match(page, body)
+    q = body["query"]
+    expect(page.get_by_test_id("query-category")).to_have_text(q["category"]["name"])
+    expect(page.get_by_test_id("query-category-source")).to_have_attribute("data-source", q["category"]["source"])
+    expect(page.get_by_test_id("query-attributes").locator("li.attribute")).to_have_count(len(q["attributes"]))
+    roi = page.get_by_test_id("roi-box")
+    expect(roi).to_be_visible()
+    expect(roi).to_have_attribute("data-fallback", q["roi"]["fallback"])
+    assert roi.get_attribute("data-box") == ",".join(str(v) for v in q["roi"]["box"])
+    assert _box_inside(roi.bounding_box(), canvas.bounding_box())
+    expect(page.get_by_test_id("shopper-rect")).to_be_hidden()
+
+    # 3. Chosen category: the query runs as that category; "Load more" fetches the next page with next_offset.
+    page.get_by_test_id("category-select").select_option("tshirt")
+    response, body = _search(page)
+    assert response.status == 200, body
+    assert body["option"] == 2
+    assert _form_fields(response)["category"] == "tshirt"
+    assert body["query"]["category"]["key"] == "tshirt"
+    assert body["query"]["category"]["source"] == "shopper"
+    _expect_results_match(page, body)
+    expect(page.get_by_test_id("query-category")).to_have_attribute("data-key", "tshirt")
+    expect(page.get_by_test_id("query-category-source")).to_have_attribute("data-source", "shopper")
+    first_page = _card_ids(page)
+    load_more = page.get_by_test_id("load-more")
+    expect(load_more).to_be_visible()
+    with page.expect_response(_is_search, timeout=SEARCH_TIMEOUT_MS) as info:
+        load_more.click()
+    more = info.value.json()
+    assert _form_fields(info.value)["offset"] == str(body["next_offset"])
+    expect(page.get_by_test_id("result-card")).to_have_count(len(first_page) + len(more["results"]))
+    assert _card_ids(page) == first_page + [r["listing_id"] for r in more["results"]]
+    assert len(set(_card_ids(page))) == len(_card_ids(page)), "Load more repeated a listing"
+
+    # 4. A rectangle drawn with the mouse: sent in ORIGINAL photo pixels, searched as option 3 (shopper_rect).
+    cbox = canvas.bounding_box()
+    fx0, fy0, fx1, fy1 = 0.15, 0.2, 0.85, 0.75  # fractions of the photo
+    page.mouse.move(cbox["x"] + fx0 * cbox["width"], cbox["y"] + fy0 * cbox["height"])
+    page.mouse.down()
+    page.mouse.move(cbox["x"] + 0.5 * cbox["width"], cbox["y"] + 0.5 * cbox["height"], steps=4)
+    page.mouse.move(cbox["x"] + fx1 * cbox["width"], cbox["y"] + fy1 * cbox["height"], steps=4)
+    page.mouse.up()
+    expect(page.get_by_test_id("shopper-rect")).to_be_visible()
+    expect(page.get_by_test_id("clear-rect")).to_be_enabled()
+    response, body = _search(page)
+    assert response.status == 200, body
+    assert body["option"] == 3
+    sent = [float(v) for v in _form_fields(response)["rect"].split(",")]
+    expected = [fx0 * width, fy0 * height, fx1 * width, fy1 * height]
+    assert all(abs(a - b) <= 2.0 for a, b in zip(sent, expected)), (sent, expected)
+    assert body["query"]["roi"]["fallback"] == "shopper_rect"
+    assert body["query"]["roi"]["box"] == pytest.approx(sent, abs=0.11)
+    _expect_results_match(page, body)
+    expect(page.get_by_test_id("roi-box")).to_have_attribute("data-fallback", "shopper_rect")
+    expect(page.get_by_test_id("query-roi")).to_have_attribute("data-fallback", "shopper_rect")
+    expect(page.get_by_test_id("query-option")).to_have_attribute("data-option", "3")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "results.png"), full_page=True)
+
+    # The clear button removes the rectangle (the next search would be option 2 again).
+    page.get_by_test_id("clear-rect").click()
+    expect(page.get_by_test_id("shopper-rect")).to_be_hidden()
+
+    # 5. A corrupt file: the API's message is shown, the old results are gone, and the page keeps working.
+    page.get_by_test_id("file-input").set_input_files(
+        {"name": "holiday.jpg", "mimeType": "image/jpeg", "buffer": b"this is not an image, just some text\n" * 20})
+    expect(page.get_by_test_id("no-preview")).to_be_visible()
+    response, body = _search(page)
+    assert response.status == 400, body
+    error = page.get_by_test_id("error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text(body["message"])
+    expect(page.get_by_test_id("result-card")).to_have_count(0)
+    expect(page.get_by_test_id("search-button")).to_be_enabled()
+    page.screenshot(path=str(SHOTS / "error.png"), full_page=True)
+    assert page.errors == [], page.errors
+
+    # 6. The docs page renders the OpenAPI document, /v1/search included.
+    page.goto(f"{base}/docs")
+    search_doc = page.locator("[data-testid='endpoint'][data-path='/v1/search'][data-method='post']")
+    expect(search_doc).to_be_visible()
+    expect(search_doc).to_contain_text("Search by photo")
+    expect(search_doc).to_contain_text("rect")
+    expect(search_doc).to_contain_text("multipart/form-data")
+    page.screenshot(path=str(SHOTS / "docs.png"), full_page=True)
+    assert page.errors == [], page.errors

@@ -1,0 +1,283 @@
+"""AttributeNet and its decoding: vocabulary masks, guided generation, batching, the train/evaluate entry points on a
+tiny data folder, and the shipped checkpoint on real test images."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared.config import REPO_ROOT
+from shared.taxonomy import BOS, EOS, N_SPECIAL, PAD, load_taxonomy
+from shared.vision.attributes import (AttributeNet, AttributePrediction, DecodeRules, analyze_images,
+                                      build_attribute_net, decode, encode_images, pad_sequences,
+                                      recognize_attributes, sequence_nll)
+from shared.vision.registry import LoadedNetwork, load_attribute_network
+from training.attributes.engine import SetMetrics
+
+SHIPPED = REPO_ROOT / "models" / "attributes"
+DATA = REPO_ROOT.parent / "shared" / "data"
+TAX = load_taxonomy()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The dev box is shared by concurrent trainings: oversubscribed intra-op threads make tiny nets 5x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded() -> LoadedNetwork:
+    torch.manual_seed(0)
+    net = build_attribute_net(encoder="resception_small", embed_dim=16, hidden=32, layers=2).eval()
+    return LoadedNetwork(net=net, meta={}, taxonomy_version=TAX.version, input_size=64)
+
+
+def _images(n: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (40 + 7 * i, 30 + 5 * i, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def _check_valid(pred: AttributePrediction) -> None:
+    rules = DecodeRules(TAX)
+    assert 0 <= pred.category_id < len(TAX.categories)
+    assert pred.category_key == TAX.categories[pred.category_id].key
+    ids = [a.attribute_id for a in pred.attributes]
+    assert len(ids) == len(set(ids))
+    assert ids == TAX.canonical_order(ids)
+    counts: dict[str, int] = {}
+    for a in pred.attributes:
+        attr = TAX.attributes[a.attribute_id]
+        assert TAX.applies(a.attribute_id, pred.category_id), (attr.key, pred.category_key)
+        assert a.key == attr.key
+        assert 0.0 < a.prob <= 1.0
+        counts[attr.group] = counts.get(attr.group, 0) + 1
+    for g, c in counts.items():
+        assert c <= int(rules.max_count[TAX.attribute_groups.index(g)])
+    assert 0.0 < pred.category_prob <= 1.0
+
+
+def test_rules_mask_first_step_to_categories_and_later_to_applicable_attributes() -> None:
+    rules = DecodeRules(TAX)
+    neg = torch.tensor([-1])
+    m0 = rules.allowed(neg, neg, neg, torch.tensor([0]))[0]
+    assert m0[N_SPECIAL:N_SPECIAL + len(TAX.categories)].all()
+    assert m0.sum() == len(TAX.categories)
+    cat = TAX.category("footwear").id
+    m1 = rules.allowed(torch.tensor([cat]), neg, neg, torch.tensor([0]))[0]
+    assert m1[EOS] and not m1[BOS] and not m1[PAD] and not m1[N_SPECIAL:N_SPECIAL + len(TAX.categories)].any()
+    allowed_attrs = {i for i in range(len(TAX.attributes)) if m1[rules.attr0 + i]}
+    assert allowed_attrs == {a.id for a in TAX.attributes_for(cat)}
+    # after one gender value, no second gender; after a colour, a second colour is still allowed
+    gender = TAX.attribute("gender.women").id
+    st = rules.advance(torch.tensor([rules.attr0 + gender]), torch.tensor([cat]), neg, neg, torch.tensor([0]))
+    m2 = rules.allowed(*st)[0]
+    assert not any(m2[rules.attr0 + a.id] for a in TAX.attributes if a.group == "gender")
+    colour = [a for a in TAX.attributes_for(cat) if a.group == "colour"]
+    st = rules.advance(torch.tensor([rules.attr0 + colour[0].id]), *st)
+    m3 = rules.allowed(*st)[0]
+    assert m3[rules.attr0 + colour[1].id] and not m3[rules.attr0 + colour[0].id]
+    st = rules.advance(torch.tensor([rules.attr0 + colour[1].id]), *st)
+    m4 = rules.allowed(*st)[0]
+    assert not any(m4[rules.attr0 + a.id] for a in colour)
+
+
+class _Rigged(torch.nn.Module):
+    """A stand-in decoder whose logits favour one fixed order of tokens, to test the masks against its wishes."""
+
+    def __init__(self, prefs: torch.Tensor) -> None:
+        super().__init__()
+        self.prefs = prefs
+
+    def initial_state(self, ctx: torch.Tensor):
+        return torch.zeros(1, ctx.shape[0], 1), torch.zeros(1, ctx.shape[0], 1)
+
+    def step(self, ctx, tokens, state):
+        return self.prefs.expand(ctx.shape[0], 1, -1).clone(), state
+
+
+def test_decode_masks_what_the_network_wants_but_is_illegal() -> None:
+    prefs = torch.zeros(1, 1, TAX.n_tokens)
+    prefs[..., EOS] = -5.0
+    top = TAX.category("tshirt").id
+    prefs[..., N_SPECIAL + top] = 3.0
+    for a in TAX.attributes:  # every attribute is loved, including ones that never apply to t-shirts
+        prefs[..., N_SPECIAL + len(TAX.categories) + a.id] = 2.0 + 0.001 * a.id
+    rules = DecodeRules(TAX)
+    for beam in (1, 3):
+        (c, cp, attrs), = decode(_Rigged(prefs), torch.zeros(1, 4), rules, beam=beam)
+        assert c == top
+        ids = [a for a, _ in attrs]
+        assert ids and all(TAX.applies(a, top) for a in ids)
+        assert ids == TAX.canonical_order(ids)
+    # guided: the forced category wins even though the network prefers another
+    (c, cp, attrs), = decode(_Rigged(prefs), torch.zeros(1, 4), rules, categories=[TAX.category("bag").id])
+    assert c == TAX.category("bag").id
+    assert cp < 0.2  # the model's own (low) probability of the forced category is reported
+    assert all(TAX.applies(a, c) for a, _ in attrs)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_recognize_attributes_valid_batched_and_deterministic(tiny_loaded: LoadedNetwork, beam: int) -> None:
+    imgs = _images(4)
+    preds = recognize_attributes(tiny_loaded, imgs, beam=beam, batch_size=3)
+    assert len(preds) == 4
+    for p in preds:
+        _check_valid(p)
+        assert not p.guided
+    again = recognize_attributes(tiny_loaded, imgs[1:2], beam=beam)
+    assert again[0].category_id == preds[1].category_id
+    assert [a.attribute_id for a in again[0].attributes] == [a.attribute_id for a in preds[1].attributes]
+
+
+def test_guided_generation_forces_category(tiny_loaded: LoadedNetwork) -> None:
+    imgs = _images(3)
+    cat = TAX.category("dress").id
+    preds = recognize_attributes(tiny_loaded, imgs, category_id=cat, beam=2)
+    assert all(p.category_id == cat and p.guided for p in preds)
+    for p in preds:
+        _check_valid(p)
+    mixed = recognize_attributes(tiny_loaded, imgs, category_id=[None, cat, None])
+    assert [p.guided for p in mixed] == [False, True, False]
+    assert mixed[1].category_id == cat
+    with pytest.raises(ValueError):
+        recognize_attributes(tiny_loaded, imgs, category_id=len(TAX.categories))
+
+
+def test_encode_matches_the_analysis_pass(tiny_loaded: LoadedNetwork) -> None:
+    imgs = _images(3)
+    enc = encode_images(tiny_loaded, imgs)
+    preds, enc2 = analyze_images(tiny_loaded, imgs)
+    d = tiny_loaded.net.encoder.embedding_dim
+    assert enc.embedding.shape == (3, d) and enc.embedding.dtype == np.float32
+    assert sorted(enc.maps) == [16, 32]
+    assert enc.maps[16].shape == (3, tiny_loaded.net.encoder.map_channels[16], 4, 4)
+    assert enc.maps[32].shape[2:] == (2, 2)
+    np.testing.assert_allclose(enc.embedding, enc2.embedding, rtol=1e-5, atol=1e-5)
+    # the embedding is the pooled stride-32 map of the same pass
+    np.testing.assert_allclose(enc.embedding, enc.maps[32].mean(axis=(2, 3)), rtol=1e-5, atol=1e-5)
+    assert len(preds) == 3
+    empty = encode_images(tiny_loaded, [])
+    assert empty.embedding.shape == (0, d)
+
+
+def test_teacher_forcing_loss_drops_when_overfitting_one_batch() -> None:
+    torch.manual_seed(0)
+    net = build_attribute_net(encoder="resception_small", embed_dim=16, hidden=32, dropout=0.0)
+    seqs = [TAX.sequence(TAX.category("shirt").id, [TAX.attribute("colour.blue").id]),
+            TAX.sequence(TAX.category("bag").id, [])]
+    toks = pad_sequences(seqs)
+    assert toks[1, -1] == PAD and toks[0, 0] == BOS
+    x = torch.randn(2, 3, 32, 32)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss, k = sequence_nll(net(x, toks[:, :-1]), toks[:, 1:])
+        assert k == len(seqs[0]) - 1 + len(seqs[1]) - 1
+        opt.zero_grad()
+        (loss / k).backward()
+        opt.step()
+        losses.append(loss.item() / k)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_set_metrics_hand_example() -> None:
+    m = SetMetrics(TAX)
+    shirt, blue, red, men = (TAX.category("shirt").id, TAX.attribute("colour.blue").id,
+                             TAX.attribute("colour.red").id, TAX.attribute("gender.men").id)
+    m.add(shirt, [blue, men], shirt, [blue])        # P 2/3, R 2/2
+    m.add(TAX.category("bag").id, [], shirt, [red])  # P 0/1, R 0/2
+    s = m.summary()
+    assert s["precision"] == pytest.approx((2 / 3 + 0) / 2)
+    assert s["recall"] == pytest.approx((1 + 0) / 2)
+    assert s["category_accuracy"] == 0.5
+    assert s["attribute_precision_micro"] == pytest.approx(1 / 2)
+    assert s["attribute_recall_micro"] == pytest.approx(1 / 2)
+    assert s["group_accuracy"]["colour"] == {"accuracy": 0.5, "n": 2}
+
+
+def _tiny_data(root: Path) -> Path:
+    """A data folder laid out like ../shared/data with 9 synthetic images, every split represented."""
+    (root / "images").mkdir(parents=True)
+    rows = []
+    rng = np.random.default_rng(1)
+    kinds = [("myntra_small", "Tshirts", "Men", "Blue"), ("myntra_small", "Handbags", "Women", "Black"),
+             ("clothing_dataset", "T-Shirt", "", "")]
+    for i in range(9):
+        ds, cat, gender, colour = kinds[i % 3]
+        f = f"images/{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(root / f)
+        rows.append({"id": f"x_{i}", "dataset": ds, "file": f, "category": cat, "split": ("train", "val", "test")[i // 3],
+                     "title": "", "gender": gender, "baseColour": colour, "season": "Summer" if ds != "clothing_dataset" else "",
+                     "usage": "Casual" if ds != "clothing_dataset" else "", "kids": "False", "width": 40, "height": 50})
+    with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_train_resume_and_evaluate_entry_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.attributes import evaluate, train
+
+    data = _tiny_data(tmp_path / "data")
+    run = tmp_path / "run"
+    common = ["--data", str(data), "--encoder", "resception_small", "--input-size", "48", "--freeze-stride", "0",
+              "--hidden", "16", "--embed-dim", "8", "--batch-size", "4", "--threads", "1", "--run-dir", str(run),
+              "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    assert train.main(common + ["--epochs", "1"]) == 0
+    assert (run / "best" / "model.safetensors").exists() and (run / "last.pt").exists()
+    assert train.main(common + ["--epochs", "2", "--resume", "--promote", str(tmp_path / "ship")]) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    manifest = json.loads((tmp_path / "ship" / "manifest.json").read_text())
+    assert manifest["taxonomy_version"] == TAX.version and manifest["preprocessing"]["input_size"] == 48
+    capsys.readouterr()
+    assert evaluate.main(["--data", str(data), "--checkpoint", str(tmp_path / "ship"), "--split", "test", "--json",
+                          "--latency-images", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    res = json.loads(out[0])
+    for key in ("precision", "recall", "nll"):
+        assert isinstance(res[key], float)
+    assert list(res["splits"]) == ["test"] and res["splits"]["test"]["n"] == 3
+    assert res["splits"]["test"]["guided"]["category_accuracy"] == 1.0
+    assert res["latency"]["threads"] == 1
+
+
+# ---------------------------------------------------------------- the shipped checkpoint (never skipped)
+
+@pytest.fixture(scope="module")
+def shipped() -> LoadedNetwork:
+    return load_attribute_network(SHIPPED)
+
+
+def test_shipped_checkpoint_files() -> None:
+    assert (SHIPPED / "MODEL_CARD.md").exists()
+    size = (SHIPPED / "model.safetensors").stat().st_size
+    assert size <= 25 * 1024 * 1024
+    from safetensors import safe_open
+
+    with safe_open(str(SHIPPED / "model.safetensors"), "pt") as fh:
+        dtypes = {fh.get_tensor(k).dtype for k in fh.keys()}
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
+
+
+def test_shipped_checkpoint_recognizes_real_test_images(shipped: LoadedNetwork) -> None:
+    from training.attributes.data import load_image, load_samples
+
+    samples = [s for s in load_samples(DATA, ["test"]) if s.dataset == "myntra_small"][:40]
+    preds = recognize_attributes(shipped, [load_image(s) for s in samples])
+    for p in preds:
+        _check_valid(p)
+    acc = np.mean([p.category_id == s.category_id for p, s in zip(preds, samples)])
+    assert acc >= 0.7, acc
+    guided = recognize_attributes(shipped, [load_image(s) for s in samples[:8]], category_id=samples[0].category_id)
+    assert all(p.guided and p.category_id == samples[0].category_id for p in guided)

@@ -1,0 +1,1 @@
+"""Title -> category model: training and evaluation (`lookalike train text`, `lookalike evaluate text`)."""
