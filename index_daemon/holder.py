@@ -16,6 +16,7 @@ class DaemonState:
     model_version: str | None = None
     last_seq: int = 0
     items: int = 0
+    index_bytes: int = 0
     loaded_at: float | None = None
     load_seconds: float | None = None
     last_applied_at: float | None = None
@@ -39,4 +40,5 @@ class SnapshotHolder:
             for k, v in state.items():
                 setattr(self.state, k, v)
             self.state.items = 0 if snapshot is None else int(snapshot.n_items)
+            self.state.index_bytes = 0 if snapshot is None else int(snapshot.nbytes)
             self.state.last_applied_at = time.time()

@@ -29,7 +29,7 @@ def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float) -> Flask:
     def readyz():
         st = holder.state
         body = {"status": st.status, "generation": st.generation, "model_version": st.model_version,
-                "items": st.items, "last_seq": st.last_seq, "load_seconds": st.load_seconds, "error": st.error}
+                "items": st.items, "index_bytes": st.index_bytes, "last_seq": st.last_seq, "load_seconds": st.load_seconds, "error": st.error}
         return jsonify(body), 200 if st.status == "ready" else 503
 
     @app.get("/metrics")

@@ -128,7 +128,7 @@ def live_system(settings, engine, tmp_path_factory):
     """Worker, index daemon and API processes on the test database, with part of the sample catalogue
     indexed through the public API (so every later test sees real search results)."""
     from lookalike.catalogue import ingest_catalogue, read_catalog_csv, SAMPLE_CSV
-    from tests.system import start_system
+    from lookalike.system import start_system
 
     system = start_system(settings, tmp_path_factory.mktemp("logs"))
     try:

@@ -148,19 +148,19 @@
 
   // ------------------------------------------------------------------------------------------------ drawing
 
-  /** Size the canvas to fit the panel (and 62% of the viewport height) and draw the photo at device resolution. */
+  /** Size the canvas to fit the panel (and half the viewport height) and draw the photo at device resolution. */
   function layoutStage() {
     if (!state.image) return;
-    const maxW = el.dropzone.clientWidth - 2;
-    const maxH = Math.max(220, Math.round(window.innerHeight * 0.62));
+    const cs = getComputedStyle(el.dropzone);
+    const maxW = el.dropzone.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+    if (maxW <= 0) return; // not laid out yet (hidden); the ResizeObserver calls again
+    const maxH = Math.max(220, Math.round(window.innerHeight * 0.5));
     const scale = Math.min(maxW / state.width, maxH / state.height, 1.5);
     const w = Math.max(1, Math.round(state.width * scale));
     const h = Math.max(1, Math.round(state.height * scale));
     const dpr = window.devicePixelRatio || 1;
+    // The stage never grows past its panel (max-width: 100% in CSS); the canvas keeps the photo's aspect ratio.
     el.stage.style.width = `${w}px`;
-    el.stage.style.height = `${h}px`;
-    el.canvas.style.width = `${w}px`;
-    el.canvas.style.height = `${h}px`;
     if (el.canvas.width !== Math.round(w * dpr) || el.canvas.height !== Math.round(h * dpr)) {
       el.canvas.width = Math.round(w * dpr);
       el.canvas.height = Math.round(h * dpr);

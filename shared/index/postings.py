@@ -518,11 +518,13 @@ class _Segment:
                 keep = np.concatenate([[True], ~dup])
                 entry_attr, entry_rows = entry_attr[keep], entry_rows[keep]
         n_attr = attr_keys.shape[0]
-        attr_starts = np.searchsorted(entry_attr, np.arange(n_attr + 1))
+        attr_starts = np.zeros(n_attr + 1, dtype=np.int64)
+        np.cumsum(np.bincount(entry_attr, minlength=n_attr), out=attr_starts[1:])
         post_starts = np.empty((n_attr, cat_offsets.shape[0]), dtype=np.int64)
+        bounds = cat_offsets.astype(entry_rows.dtype)  # same dtype: searchsorted would otherwise copy the list
         for a in range(n_attr):
             lo, hi = attr_starts[a], attr_starts[a + 1]
-            post_starts[a] = lo + np.searchsorted(entry_rows[lo:hi], cat_offsets)
+            post_starts[a] = lo + np.searchsorted(entry_rows[lo:hi], bounds)
         return cls(ids, codes, colours, cat_keys.astype(np.int64), cat_offsets, attr_keys.astype(np.int64),
                    post_starts, np.ascontiguousarray(entry_rows, dtype=np.int32))
 

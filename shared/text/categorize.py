@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,6 +245,7 @@ class TextCategorizer:
                    # (F, C): one row per seen bucket, so a prediction gathers a few contiguous rows.
                    "coef": np.ascontiguousarray(self.coef.astype(np.float16)),
                    "intercept": self.intercept.astype(np.float16)}, str(path / MODEL_FILE))
+        os.chmod(path / MODEL_FILE, 0o644)  # safetensors writes 0600; the model is shipped, not secret
         meta = dict(self.meta)
         meta.update(extra_meta or {})
         meta.update({

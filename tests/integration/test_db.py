@@ -105,3 +105,41 @@ def test_claim_job_lease_and_attempt_cap(db_session):
     assert queries.claim_job(session=db_session, job_id=r.job.id, lease_s=60, max_attempts=2) is None
     assert db_session.get(Job, r.job.id).status == "failed"
     assert db_session.get(Listing, r.listing.id).status == "failed"
+
+
+def test_reindex_into_a_new_generation_switches_in_one_step(engine):
+    """A reindex under a new model version writes beside the active generation and activates it once done."""
+    import uuid
+
+    from shared.db.models import AdminJob, IndexGeneration
+    from shared.db.session import session_scope
+    from workers.reindex import finalize_admin_jobs
+
+    with session_scope(engine) as s:
+        old = queries.active_generation(session=s) or queries.ensure_generation(session=s, model_version="old")
+        new = queries.ensure_generation(session=s, model_version=f"new-{uuid.uuid4()}")
+        assert new.status == "building"  # an active generation exists: the new one waits
+        listing = Listing(seller_id="reidx", external_id=str(uuid.uuid4()), title="t", status="ready")
+        s.add(listing)
+        s.flush()
+        admin = AdminJob(kind="reindex", params={}, status="running", generation_id=new.id, total=1)
+        s.add(admin)
+        s.flush()
+        job = Job(listing_id=listing.id, listing_version=1, kind="reindex", status="running", generation_id=new.id,
+                  admin_job_id=admin.id)
+        s.add(job)
+        s.flush()
+        ids = (old.id, new.id, admin.id, job.id)
+    finalize_admin_jobs(engine=engine)
+    with session_scope(engine) as s:
+        assert s.get(IndexGeneration, ids[1]).status == "building"  # a job is still running
+        s.get(Job, ids[3]).status = "done"
+    finalize_admin_jobs(engine=engine)
+    with session_scope(engine) as s:
+        assert s.get(IndexGeneration, ids[1]).status == "active"
+        assert s.get(IndexGeneration, ids[0]).status == "retired"
+        assert s.get(AdminJob, ids[2]).status == "done"
+        last = s.execute(select(Change).order_by(Change.seq.desc()).limit(1)).scalar_one()
+        assert last.op == "activate" and last.generation_id == ids[1]
+        # Put the old generation back so later tests see the world they expect.
+        queries.activate_generation(session=s, generation=s.get(IndexGeneration, ids[0]))

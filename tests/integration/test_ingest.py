@@ -223,3 +223,51 @@ def test_hostile_urls_end_in_recorded_failures(live_system, engine):
     assert len(rows) + rejected == 20
     assert all(s == "failed" and m for s, m in rows), rows
     assert live_system.procs["worker"].poll() is None
+
+
+def test_upstream_events_through_the_broker(live_system, engine):
+    """A marketplace publishes listing.* events straight to Celery (see workers/events.py)."""
+    from workers.celery_app import configure
+
+    app = configure(live_system.settings)
+    event = {"type": "listing.created", "seller_id": "mkt", "external_id": "e-1", "title": "Men Blue Jeans",
+             "image_url": "http://10.1.2.3/jeans.jpg"}
+    app.send_task("listing.event", args=[event], queue="lookalike")
+    deadline = time.monotonic() + 60
+    row = None
+    while time.monotonic() < deadline:
+        with engine.connect() as c:
+            row = c.execute(select(Listing.id, Listing.status, Listing.status_message)
+                            .where(Listing.seller_id == "mkt", Listing.external_id == "e-1")).one_or_none()
+        if row is not None and row.status == "failed":
+            break
+        time.sleep(0.2)
+    # The private address is refused by the worker's fetcher, and the refusal is recorded on the listing.
+    assert row is not None and row.status == "failed" and "private" in row.status_message.lower()
+    app.send_task("listing.event", args=[{"type": "listing.deleted", "seller_id": "mkt", "external_id": "e-1"}],
+                  queue="lookalike")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with engine.connect() as c:
+            status = c.execute(select(Listing.status).where(Listing.id == row.id)).scalar_one()
+        if status == "deleted":
+            break
+        time.sleep(0.2)
+    assert status == "deleted"
+
+
+def test_admin_reindex_rewrites_every_posting_and_reports_progress(live_system, engine):
+    api = live_system.api_url
+    headers = {"Authorization": "Bearer test-token"}
+    r = requests.post(f"{api}/v1/admin/reindex", json={"category": "footwear"}, headers=headers, timeout=10)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        p = requests.get(f"{api}/v1/admin/jobs/{job_id}", headers=headers, timeout=10).json()
+        if p["status"] != "running":
+            break
+        time.sleep(0.5)
+    assert p["status"] == "done", p
+    prog = p["progress"]
+    assert prog["total"] >= 1 and prog["done"] + prog["failed"] + prog["superseded"] == prog["total"]

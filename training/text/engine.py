@@ -124,19 +124,19 @@ def round_to_fp16(model: SklearnText) -> None:
 
 
 def idf_unseen(model: SklearnText, n_docs: int) -> float:
-    """The idf scikit-learn assigns a column with df = 0 (smooth idf: ln((1+n)/1) + 1), as stored."""
-    return float(np.float16(np.log(1.0 + n_docs) + 1.0))
+    """The idf scikit-learn assigns a column with df = 0 (smooth idf: ln((1+n)/1) + 1)."""
+    return float(np.log(1.0 + n_docs) + 1.0)
 
 
 def to_categorizer(model: SklearnText, *, n_docs: int, thresholds: Thresholds, taxonomy: Taxonomy | None = None,
                    meta: dict | None = None) -> TextCategorizer:
     """The numpy predictor for a (fp16-rounded) scikit-learn pipeline."""
-    unseen = idf_unseen(model, n_docs)
     full_idf = model.tfidf.idf_
-    # Every unseen column must carry the constant the predictor assumes, or the l2 norms would differ.
     mask = np.ones(full_idf.size, dtype=bool)
     mask[model.seen] = False
-    assert np.all(full_idf[mask] == unseen), "unseen idf is not the smooth-idf constant"
+    unseen = float(full_idf[mask][0]) if mask.any() else idf_unseen(model, n_docs)
+    # Every unseen column must carry the one constant the predictor assumes, or the l2 norms would differ.
+    assert np.all(full_idf[mask] == unseen), "unseen columns do not share one idf"
     coef = model.clf.coef_
     intercept = model.clf.intercept_
     if coef.shape[0] == 1:  # binary LogisticRegression keeps one row; expand to two softmax logits

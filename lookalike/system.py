@@ -1,5 +1,5 @@
-"""A running Lookalike for integration and browser tests: real worker, index daemon and API processes on
-the test database and Redis DB, talking over sockets exactly as in production."""
+"""A running Lookalike (worker, index daemon and API processes talking over sockets, as in production) for
+the integration tests and the benchmarks."""
 from __future__ import annotations
 
 import os

@@ -1,0 +1,154 @@
+"""Search benchmark: end-to-end latency of POST /v1/search (model inference included) for each query option
+with 1 and 8 concurrent clients, at the sample catalogue and at 1M indexed items (synthetic postings rows for
+scale), plus the index daemon's restart-to-ready time, in-daemon search time and RAM at 1M items.
+
+Runs its own system (embedded PostgreSQL + Redis unless LOOKALIKE_*_URL are set).
+Usage: python -m bench.search [--requests 40] [--million 1000000] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import requests
+from PIL import Image
+from sqlalchemy import text
+
+from bench.common import emit, percentiles, print_table, private_system
+from lookalike.catalogue import SAMPLE_CSV, ingest_catalogue, read_catalog_csv
+from shared.db import queries
+from shared.db.session import make_engine, session_scope
+
+
+def query_images(rows, n: int = 20) -> list[tuple[bytes, tuple[int, int]]]:
+    """Sample photos re-encoded as 512-px JPEGs (the target's query size)."""
+    out = []
+    for row in rows[:: max(1, len(rows) // n)][:n]:
+        img = Image.open(row.image_path).convert("RGB")
+        scale = 512 / max(img.size)
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append((buf.getvalue(), img.size))
+    return out
+
+
+def run_option(api: str, images, option: int, clients: int, n_requests: int) -> tuple[list[float], list[float]]:
+    def one(i: int) -> tuple[float, float]:
+        data, (w, h) = images[i % len(images)]
+        form = {"k": "20"}
+        if option == 2:
+            form["category"] = "tshirt"
+        if option == 3:
+            form["rect"] = f"{w * 0.1:.0f},{h * 0.1:.0f},{w * 0.9:.0f},{h * 0.9:.0f}"
+        t0 = time.perf_counter()
+        r = requests.post(f"{api}/v1/search", files={"image": ("q.jpg", data)}, data=form, timeout=60)
+        elapsed = (time.perf_counter() - t0) * 1000
+        r.raise_for_status()
+        return elapsed, r.json()["index"]["search_ms"]
+
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(n_requests)))
+    return [r[0] for r in results], [r[1] for r in results]
+
+
+def measure_options(api: str, images, n_requests: int) -> dict:
+    out = {}
+    for option in (1, 2, 3):
+        for clients in (1, 8):
+            run_option(api, images, option, clients, min(4, n_requests))  # warm-up
+            e2e, index_ms = run_option(api, images, option, clients, n_requests)
+            out[f"option{option}_c{clients}"] = {"e2e_ms": percentiles(e2e), "index_ms": percentiles(index_ms)}
+    return out
+
+
+def load_synthetic(engine, n: int, n_bytes: int, n_bins: int) -> int:
+    """n synthetic listings + postings in a new generation, activated. Category sizes are skewed (like a real
+    catalogue) and attributes are 8 per item from a Zipf-like draw."""
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO listings (seller_id, external_id, title, status, version) "
+                       "SELECT 'synthetic', 's-' || g, 'synthetic item ' || g, 'ready', 1 "
+                       "FROM generate_series(1, :n) g"), {"n": n})
+    with session_scope(engine) as s:
+        gen = queries.ensure_generation(session=s, model_version=f"synthetic-{n}-{time.time()}")
+        gen_id = gen.id
+    md5s = " || ".join(f"md5(l.id::text || '{i}')" for i in range((n_bytes + 15) // 16))
+    with engine.begin() as c:
+        c.execute(text(f"""
+            INSERT INTO postings (generation_id, listing_id, category_id, attribute_ids, code, colour, listing_version)
+            SELECT :gen, l.id,
+                   (floor(19 * power(random(), 2)))::smallint,
+                   ARRAY(SELECT DISTINCT (floor(120 * power(random(), 3)))::smallint
+                         FROM generate_series(1, 8) WHERE l.id > 0),
+                   substring(decode({md5s}, 'hex') from 1 for :nb),
+                   decode(repeat(lpad(to_hex((l.id % 200)::int), 2, '0'), :bins), 'hex'), 1
+            FROM listings l WHERE l.seller_id = 'synthetic'"""), {"gen": gen_id, "nb": n_bytes, "bins": n_bins})
+    with session_scope(engine) as s:
+        from shared.db.models import IndexGeneration
+
+        queries.activate_generation(session=s, generation=s.get(IndexGeneration, gen_id))
+    return gen_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--requests", type=int, default=40, help="requests per (option, clients) cell")
+    p.add_argument("--million", type=int, default=1_000_000, help="synthetic items for the scale run (0: skip)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    rows = read_catalog_csv(SAMPLE_CSV, seller_id="sample")
+    result: dict = {}
+    with private_system() as (settings, system):
+        api = system.api_url
+        ingest_catalogue(rows, api_url=api, settings=settings, wait=True)
+        images = query_images(rows)
+        n_sample = requests.get(f"{system.index_url}/readyz", timeout=5).json()["items"]
+        result["sample"] = {"items": n_sample, **measure_options(api, images, args.requests)}
+        if args.million:
+            engine = make_engine(settings)
+            with engine.connect() as c:
+                n_bytes, n_bins = c.execute(text("SELECT length(code), length(colour) FROM postings LIMIT 1")).one()
+            t0 = time.perf_counter()
+            load_synthetic(engine, args.million, n_bytes, n_bins)
+            insert_s = time.perf_counter() - t0
+            # Restart the daemon on the 1M generation: time to ready and resident memory.
+            system.kill("indexd", 15)
+            t0 = time.perf_counter()
+            system.start("indexd")
+            system.wait_ready("indexd", timeout_s=600)
+            ready_s = time.perf_counter() - t0
+            proc = psutil.Process(system.procs["indexd"].pid)
+            rss = proc.memory_info().rss
+            state = requests.get(f"{system.index_url}/readyz", timeout=5).json()
+            result["million"] = {"items": state["items"], "restart_to_ready_s": round(ready_s, 2),
+                                 "bulk_load_s": state["load_seconds"], "insert_rows_s": round(insert_s, 1),
+                                 "daemon_rss_mb": round(rss / 2**20, 1),
+                                 "index_bytes_per_item": round(state["index_bytes"] / max(1, state["items"]), 1),
+                                 **measure_options(api, images, args.requests)}
+            engine.dispose()
+
+    def table(r):
+        for scale in ("sample", "million"):
+            if scale not in r:
+                continue
+            cells = r[scale]
+            rows_ = [(k.replace("_c", ", clients "), v["e2e_ms"]["p50"], v["e2e_ms"]["p99"], v["index_ms"]["p50"])
+                     for k, v in cells.items() if isinstance(v, dict) and "e2e_ms" in v]
+            print_table(f"Search latency at {cells['items']} items (ms)", rows_,
+                        ("option", "e2e p50", "e2e p99", "index p50"))
+        if "million" in r:
+            m = r["million"]
+            print_table("Index daemon at scale", [("restart to ready (s)", m["restart_to_ready_s"]),
+                                                  ("bulk load (s)", m["bulk_load_s"]),
+                                                  ("RSS (MB)", m["daemon_rss_mb"]),
+                                                  ("index bytes per item", m["index_bytes_per_item"])],
+                        ("figure", "value"))
+    emit(result, args.json, table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
