@@ -48,11 +48,11 @@ def reindex():
         s.add(admin)
         s.flush()
         admin_id = admin.id
-    from workers.tasks import reindex_task
+    from workers.tasks import BROKER_ERRORS, PUBLISH_RETRY, reindex_task
 
     try:
-        reindex_task.apply_async((admin_id,), retry=True, retry_policy={"max_retries": 2, "timeout": 3})
-    except Exception as exc:  # noqa: BLE001
+        reindex_task.apply_async((admin_id,), retry=True, retry_policy=PUBLISH_RETRY)
+    except BROKER_ERRORS as exc:
         with session_scope(res.engine) as s:
             admin = s.get(AdminJob, admin_id)
             admin.status, admin.error = "failed", f"broker unavailable: {exc}"

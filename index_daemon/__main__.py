@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+import time
 
 from shared.config import Settings, load_settings
 
@@ -28,6 +29,11 @@ def run(settings: Settings) -> int:
     from index_daemon.server import create_daemon_app
     from shared.db.session import make_engine
 
+    from shared.index.postings import warm_up
+
+    t0 = time.perf_counter()
+    warm_up()  # compile (or load from numba's cache) the kernels before the first query, not during it
+    logger.info("kernels ready in %.1f s", time.perf_counter() - t0)
     engine = make_engine(settings)
     holder = SnapshotHolder()
     reloader = Reloader(engine, holder, poll_s=settings.index_poll_ms / 1000)

@@ -16,13 +16,26 @@ from shared.index.postings import IndexSnapshot, ItemArrays
 logger = logging.getLogger(__name__)
 
 
+class EmptySnapshot:
+    """What the daemon serves before anything is indexed (the code width is not even known yet)."""
+
+    n_items = 0
+    nbytes = 0
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+
+
 def _items(arrays: loader.PostingArrays) -> ItemArrays:
     # Colours arrive as uint8, already quantised by the pipeline.
     return ItemArrays.create(arrays.ids, arrays.category_ids, (arrays.attr_offsets, arrays.attr_values),
                              arrays.codes, arrays.colours)
 
 
-def snapshot_from_arrays(arrays: loader.PostingArrays, *, generation: int, sequence: int) -> IndexSnapshot:
+def snapshot_from_arrays(arrays: loader.PostingArrays, *, generation: int,
+                         sequence: int) -> IndexSnapshot | EmptySnapshot:
+    if arrays.n == 0:
+        return EmptySnapshot(generation)
     return IndexSnapshot.from_items(_items(arrays), generation=generation, sequence=sequence)
 
 
@@ -59,6 +72,9 @@ class Reloader:
         if not batch.upserted and not batch.deleted:
             st.last_seq = batch.last_seq
             return 0
+        if isinstance(self.holder.current(), EmptySnapshot):
+            self.full_load()  # the first postings: now the code width is known
+            return len(batch.upserted) + len(batch.deleted)
         arrays = (loader.fetch_postings(self.engine, st.generation, listing_ids=batch.upserted)
                   if batch.upserted else loader.empty_arrays(0, 0))
         # An upsert whose posting is gone by now was deleted since: treat it as a delete.

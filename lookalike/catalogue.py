@@ -84,7 +84,7 @@ def ingest_catalogue(rows: list[CatalogueRow], *, api_url: str, settings: Settin
     """POST every row (4 at a time), then follow processing with a progress bar until all are settled."""
     ids: list[int] = []
     rejected: list[str] = []
-    with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(rows), desc="submitting", unit="listing") as bar:
+    with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(rows), desc="submitting", unit="listing", disable=None) as bar:
         for row, listing_id, error in pool.map(lambda r: _post(api_url, r), rows):
             bar.update(1)
             if listing_id is None:
@@ -97,7 +97,7 @@ def ingest_catalogue(rows: list[CatalogueRow], *, api_url: str, settings: Settin
     if not wait or not ids:
         return counts
     engine = make_engine(settings, nullpool=True)
-    with tqdm(total=len(ids), desc="indexing", unit="listing") as bar:
+    with tqdm(total=len(ids), desc="indexing", unit="listing", disable=None) as bar:
         while not stop():
             with engine.connect() as conn:
                 by_status = dict(conn.execute(select(Listing.status, func.count()).where(Listing.id.in_(ids))

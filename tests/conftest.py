@@ -56,7 +56,10 @@ def settings(server_urls, tmp_path_factory) -> Settings:
     url = make_url(db_url).set(database=TEST_DB)
     redis_test = redis_url.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}"
     var_dir = tmp_path_factory.mktemp("var")
-    return load_settings({
+    # LOOKALIKE_MODELS_DIR may point a development run at other checkpoints; default: the shipped ones.
+    models = {"LOOKALIKE_MODELS_DIR": os.environ["LOOKALIKE_MODELS_DIR"]} if os.environ.get(
+        "LOOKALIKE_MODELS_DIR") else {}
+    return load_settings({**models,
         "LOOKALIKE_DATABASE_URL": url.render_as_string(hide_password=False),
         "LOOKALIKE_REDIS_URL": redis_test,
         "LOOKALIKE_VAR_DIR": str(var_dir),

@@ -19,7 +19,7 @@ import numpy as np
 
 from shared.config import load_settings
 from shared.taxonomy import Taxonomy, load_source_labels, load_taxonomy
-from shared.taxonomy.labels import LabeledImage, attributes_from_text, label_row, load_boxes
+from shared.taxonomy.labels import LabeledImage, attributes_from_text, label_row, load_boxes, strip_brand_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def _dropped(rows: list[dict[str, str]], items: dict[str, LabeledImage], maps: d
     images: Counter = Counter()
     values: Counter = Counter()
     not_applicable: Counter = Counter()
+    brand: Counter = Counter()
     m = maps.get("myntra_small", {})
     reasons = dict(m.get("dropped_articleTypes", {}))
     value_reasons = m.get("dropped_values", {})
@@ -88,13 +89,15 @@ def _dropped(rows: list[dict[str, str]], items: dict[str, LabeledImage], maps: d
                 v = r.get(col) or ""
                 if v in m[col] and m[col][v] is None:
                     values[(col, v)] += 1
-            # Everything the title and the columns name, before the applies_to filter.
-            raw = set(attributes_from_text(it.title, None, tax))
-            for col in MYNTRA_COLUMNS:
-                key = m[col].get(r.get(col) or "")
-                if key is not None:
-                    raw.add(tax.attribute(key).id)
-            for a in raw - set(it.attribute_ids):
+            # Everything the title and the columns name, before the brand and applies_to filters.
+            title = it.title
+            stripped = strip_brand_prefix(title, m.get("title_brand_prefixes", ()))
+            from_columns = {tax.attribute(m[col][r.get(col) or ""]).id for col in MYNTRA_COLUMNS
+                            if m[col].get(r.get(col) or "") is not None}
+            kept = set(attributes_from_text(stripped, None, tax)) | from_columns
+            for a in set(attributes_from_text(title, None, tax)) - kept:
+                brand[(tax.attributes[a].key, title[: len(title) - len(stripped)].strip())] += 1
+            for a in kept - set(it.attribute_ids):
                 not_applicable[(tax.attributes[a].key, tax.categories[it.category_id].key)] += 1
         elif r["dataset"] == "clothing_dataset":
             cm = maps["clothing_dataset"]
@@ -107,6 +110,12 @@ def _dropped(rows: list[dict[str, str]], items: dict[str, LabeledImage], maps: d
         "attribute_values": [{"column": col, "value": v, "count": c,
                               "reason": value_reasons.get(col, {}).get(v, "mapped to null")}
                              for (col, v), c in sorted(values.items())],
+        "brand_words": {
+            "total": int(sum(brand.values())),
+            "reason": "the word is part of a brand name at the start of the title (title_brand_prefixes)",
+            "top": [{"attribute": a, "brand": b, "count": n}
+                    for (a, b), n in sorted(brand.items(), key=lambda kv: (-kv[1], kv[0]))[:20]],
+        },
         "not_applicable_to_category": {
             "total": int(sum(not_applicable.values())),
             "reason": "attribute named by the title/columns does not apply to the image's category (applies_to)",
@@ -237,6 +246,9 @@ def print_report(rep: dict) -> None:
         w(f"  image  {r['dataset']}/{r['label']}: {r['count']} ({r['reason']})\n")
     for r in d["attribute_values"]:
         w(f"  value  {r['column']}={r['value']!r}: {r['count']} ({r['reason']})\n")
+    bw = d["brand_words"]
+    w(f"  {bw['total']} attribute labels dropped because {bw['reason']}: "
+      + ", ".join(f"{r['attribute']} ({r['brand']}) {r['count']}" for r in bw["top"][:8]) + "\n")
     na = d["not_applicable_to_category"]
     w(f"  {na['total']} attribute labels dropped because {na['reason']}; most frequent:\n")
     for r in na["top"][:10]:

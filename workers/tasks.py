@@ -8,6 +8,8 @@ import logging
 from typing import Any
 
 from celery import Task
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -20,6 +22,9 @@ from workers.celery_app import app, app_settings
 from workers.processing import process_job
 
 logger = logging.getLogger(__name__)
+# Publishing gives up after about a second: the job is safe in Postgres and the reconciler re-sends it.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.4, "interval_max": 0.5}
+BROKER_ERRORS = (KombuOperationalError, RedisError, OSError)
 
 
 class PipelineTask(Task):
@@ -98,11 +103,9 @@ def enqueue_jobs(job_ids: list[int], *, engine: Engine) -> int:
     sent: list[int] = []
     try:
         for job_id in job_ids:
-            process_job_task.apply_async((job_id,), retry=True,
-                                         retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                                       "interval_step": 0.5, "timeout": 3})
+            process_job_task.apply_async((job_id,), retry=True, retry_policy=PUBLISH_RETRY)
             sent.append(job_id)
-    except Exception as exc:  # noqa: BLE001 - kombu raises many transport errors; all mean "not sent"
+    except BROKER_ERRORS as exc:
         logger.warning("broker unavailable, %d job(s) stay queued in Postgres: %s", len(job_ids) - len(sent), exc)
     if sent:
         with session_scope(engine) as s:

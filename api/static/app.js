@@ -138,7 +138,8 @@
     el.searchButton.disabled = false;
     layoutStage();
     renderRect();
-    setStatus(state.image ? `${state.width} × ${state.height} photo ready. Press Search.` : "File ready. Press Search.");
+    setStatus(state.image ? `${state.width} × ${state.height} photo ready. Press Search.`
+                          : "File ready. Press Search.");
   }
 
   function firstImageFile(list) {
@@ -199,7 +200,9 @@
       return;
     }
     placeBox(el.roiBox, roi.box);
-    el.roiLabel.textContent = roi.fallback === "shopper_rect" ? "Searched: your rectangle" : FALLBACK_TEXT[roi.fallback] || "Detected";
+    el.roiLabel.textContent = roi.fallback === "shopper_rect"
+      ? "Searched: your rectangle"
+      : FALLBACK_TEXT[roi.fallback] || "Detected";
     el.roiBox.dataset.box = roi.box.join(",");
     el.roiBox.dataset.fallback = roi.fallback;
     el.roiBox.classList.toggle("whole", roi.fallback === "whole_image");
@@ -305,7 +308,8 @@
     if (append && !state.query) return;
     const params = append
       ? state.query
-      : { file: state.file, fileName: state.fileName, category: el.category.value, rect: state.rect ? rectParam() : "" };
+      : { file: state.file, fileName: state.fileName, category: el.category.value,
+          rect: state.rect ? rectParam() : "" };
     const offset = append ? state.nextOffset : 0;
     const form = new FormData();
     form.append("image", params.file, params.fileName);
@@ -394,8 +398,8 @@
     if (!shown) el.emptyState.textContent = "No similar listings found.";
     el.app.dataset.state = "results";
     el.app.dataset.option = String(body.option);
-    const server = body.timings_ms && body.timings_ms.total != null ? `${Math.round(body.timings_ms.total)} ms` : `${Math.round(elapsedMs)} ms`;
-    setStatus(`${shown} lookalike${shown === 1 ? "" : "s"} · ${server}`);
+    const total = body.timings_ms && body.timings_ms.total != null ? body.timings_ms.total : elapsedMs;
+    setStatus(`${shown} lookalike${shown === 1 ? "" : "s"} · ${Math.round(total)} ms`);
   }
 
   function renderAnalysis(body) {

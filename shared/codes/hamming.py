@@ -155,35 +155,81 @@ def _make_group8(nw: int, gather: bool):
     return group8
 
 
-_G2, _G4, _G8, _G16 = (_make_group8(w, False) for w in (2, 4, 8, 16))
-_G2R, _G4R, _G8R, _G16R = (_make_group8(w, True) for w in (2, 4, 8, 16))
+# Vector paths for 256- and 512-bit codes only: each variant is compiled into every kernel specialisation, and other
+# widths (128, 1024 bits, odd lengths) are rare enough for the scalar loop.
+_G4, _G8 = (_make_group8(w, False) for w in (4, 8))
+_G4R, _G8R = (_make_group8(w, True) for w in (4, 8))
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _vector_words(q):
     # Word counts with a vector path; everything else (odd byte lengths included) takes the scalar loop.
     nw = q.shape[0]
-    return q.itemsize == 8 and (nw == 2 or nw == 4 or nw == 8 or nw == 16)
+    return q.itemsize == 8 and (nw == 4 or nw == 8)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _group8(codes, first, rows, use_rows, qt, thr, dbuf):
-    nw = codes.shape[1]
     if use_rows:
-        if nw == 4:
+        if codes.shape[1] == 4:
             return _G4R(codes, first, rows, qt, thr, dbuf)
-        if nw == 8:
-            return _G8R(codes, first, rows, qt, thr, dbuf)
-        if nw == 2:
-            return _G2R(codes, first, rows, qt, thr, dbuf)
-        return _G16R(codes, first, rows, qt, thr, dbuf)
-    if nw == 4:
+        return _G8R(codes, first, rows, qt, thr, dbuf)
+    if codes.shape[1] == 4:
         return _G4(codes, first, rows, qt, thr, dbuf)
-    if nw == 8:
-        return _G8(codes, first, rows, qt, thr, dbuf)
-    if nw == 2:
-        return _G2(codes, first, rows, qt, thr, dbuf)
-    return _G16(codes, first, rows, qt, thr, dbuf)
+    return _G8(codes, first, rows, qt, thr, dbuf)
+
+
+_V64I8 = ir.VectorType(ir.IntType(8), 64)
+_V64I16 = ir.VectorType(ir.IntType(16), 64)
+
+
+@intrinsic
+def _l1_x64(typingctx, aux, r, aux_q64):
+    """Sum of |aux[r, b] - aux_q64[b]| over the row's n_aux <= 64 bytes with one 64-byte load (bytes past the row
+    are masked to 0). The caller guarantees the 64 bytes from the row start lie inside aux."""
+    sig = types.int64(aux, r, aux_q64)
+
+    def codegen(context, builder, signature, args):
+        aux_v, r_v, q_v = args
+        aux_t, r_t, q_t = signature.args
+        arr = context.make_array(aux_t)(context, builder, aux_v)
+        width = builder.extract_value(arr.shape, 1)
+        data = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+        r64 = context.cast(builder, r_v, r_t, types.int64)
+        row = builder.gep(data, [builder.mul(r64, width)])
+        x = builder.load(builder.bitcast(row, _V64I8.as_pointer()), align=1)
+        qdata = builder.bitcast(context.make_array(q_t)(context, builder, q_v).data, _V64I8.as_pointer())
+        qv = builder.load(qdata, align=1)
+        lanes = ir.Constant(_V64I16, list(range(64)))
+        w16 = builder.trunc(width, ir.IntType(16))
+        splat = builder.insert_element(ir.Constant(_V64I16, ir.Undefined), w16, ir.Constant(_I32, 0))
+        splat = builder.shuffle_vector(splat, ir.Constant(_V64I16, ir.Undefined),
+                                       ir.Constant(ir.VectorType(_I32, 64), [0] * 64))
+        inside = builder.icmp_unsigned("<", lanes, splat)
+        xa = builder.select(inside, builder.zext(x, _V64I16), ir.Constant(_V64I16, [0] * 64))
+        qa = builder.zext(qv, _V64I16)
+        d = builder.sub(xa, qa)
+        neg = builder.icmp_signed("<", d, ir.Constant(_V64I16, [0] * 64))
+        d = builder.select(neg, builder.sub(ir.Constant(_V64I16, [0] * 64), d), d)
+        reduce = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(16), [_V64I16]), "llvm.vector.reduce.add.v64i16"
+        )
+        return builder.zext(builder.call(reduce, [d]), _I64)
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _aux_l1(aux_q, aux, r):
+    # aux_q is zero-padded to >= 64 bytes. The 64-byte vector load may read into the following rows (masked off),
+    # so it is used only where those bytes still belong to aux; the last few rows take the scalar loop.
+    m = aux.shape[1]
+    if m <= 64 and r * m + 64 <= aux.shape[0] * m:
+        return _l1_x64(aux, r, aux_q)
+    l1 = 0
+    for b in range(m):
+        l1 += abs(np.int32(aux[r, b]) - np.int32(aux_q[b]))
+    return l1
 
 
 @njit(cache=True, nogil=True)
@@ -207,10 +253,21 @@ def _compact(cd, cr, cnt, kk, ids, use_ids, hist):
             nt += 1
     tie_ids.sort()
     id_cut = tie_ids[need - 1]
+    # Rows listed twice in `rows` share an id: keep only as many copies of id_cut as fit, so exactly kk survive and
+    # the buffer always has room after a compaction.
+    quota = need - np.searchsorted(tie_ids, id_cut)
     out = 0
     for i in range(cnt):
         d = cd[i]
-        if d < t or (d == t and (ids[cr[i]] if use_ids else cr[i]) <= id_cut):
+        keep = d < t
+        if d == t:
+            idv = ids[cr[i]] if use_ids else cr[i]
+            if idv < id_cut:
+                keep = True
+            elif idv == id_cut and quota > 0:
+                keep = True
+                quota -= 1
+        if keep:
             cd[out] = d
             cr[out] = cr[i]
             out += 1
@@ -344,48 +401,85 @@ def _top_k_rows(q, codes, rows, start, stop, k, ids, use_ids, exclude, use_exclu
 
 @njit(cache=True, nogil=True)
 def _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids):
-    """Keep the best kk of the blended candidates by (score, id); return (count, threshold score, threshold id)."""
+    """Keep exactly the best kk blended candidates by (score, id), unordered; O(cnt) by quickselect, not a sort.
+
+    Returns (count, threshold score, threshold id): the k-th best so far, for the admission rule.
+    """
+    kth = np.partition(cs[:cnt].copy(), kk - 1)[kk - 1]
+    n_lt = 0
+    n_eq = 0
+    for i in range(cnt):
+        if cs[i] < kth:
+            n_lt += 1
+        elif cs[i] == kth:
+            n_eq += 1
+    need = kk - n_lt  # rows at exactly the k-th score that survive: the smallest ids
+    tie_ids = np.empty(n_eq, dtype=np.int64)
+    nt = 0
+    for i in range(cnt):
+        if cs[i] == kth:
+            tie_ids[nt] = ids[cr[i]] if use_ids else cr[i]
+            nt += 1
+    tie_ids.sort()
+    id_cut = tie_ids[need - 1]
+    quota = need - np.searchsorted(tie_ids, id_cut)
+    out = 0
+    for i in range(cnt):
+        s = cs[i]
+        keep = s < kth
+        if s == kth:
+            idv = ids[cr[i]] if use_ids else cr[i]
+            if idv < id_cut:
+                keep = True
+            elif idv == id_cut and quota > 0:
+                keep = True
+                quota -= 1
+        if keep:
+            cs[out] = s
+            cd[out] = cd[i]
+            cl[out] = cl[i]
+            cr[out] = cr[i]
+            out += 1
+    return out, kth, id_cut
+
+
+@njit(cache=True, nogil=True)
+def _finish_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids):
+    """The best min(cnt, kk) candidates ordered by (score, id), as fresh arrays."""
+    if cnt > kk:
+        cnt, _, _ = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
     key = np.empty(cnt, dtype=np.int64)
     for i in range(cnt):
         key[i] = ids[cr[i]] if use_ids else cr[i]
     o1 = np.argsort(key, kind="mergesort")
-    s1 = cs[:cnt][o1]
-    order = o1[np.argsort(s1, kind="mergesort")]
-    keep = min(cnt, kk)
-    ts = cs[order[:keep]].copy()
-    td = cd[order[:keep]].copy()
-    tl = cl[order[:keep]].copy()
-    tr = cr[order[:keep]].copy()
-    cs[:keep] = ts
-    cd[:keep] = td
-    cl[:keep] = tl
-    cr[:keep] = tr
-    return keep, ts[keep - 1], key[order[keep - 1]]
+    order = o1[np.argsort(cs[:cnt][o1], kind="mergesort")]
+    return cs[order], cd[order], cl[order], cr[order]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _blend_admit(
-    d, r, aux_q, aux, w_d, w_l, l1_cap, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude
-):
-    if use_exclude:
-        if exclude[r] != 0:
-            return cnt, thr, thr_id
-    l1 = 0
-    for b in range(aux_q.shape[0]):
-        l1 += abs(np.int32(aux[r, b]) - np.int32(aux_q[b]))
-    s = w_d * d + w_l * min(float(l1), l1_cap)
+def _blend_beats(s, r, thr, thr_id, ids, use_ids, exclude, use_exclude):
+    # Called for every row that passes the Hamming bound, so it takes few arguments: the rare admissions go through
+    # _blend_push. (Folding both into one many-argument helper cost ~40 ns per row here.)
     if s > thr:
-        return cnt, thr, thr_id
+        return False
     if s == thr:
         if (ids[r] if use_ids else r) >= thr_id:
-            return cnt, thr, thr_id
+            return False
+    if use_exclude:
+        if exclude[r] != 0:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _blend_push(s, d, l1, r, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids):
     cs[cnt] = s
     cd[cnt] = d
     cl[cnt] = l1
     cr[cnt] = r
     cnt += 1
     if cnt == cs.shape[0]:
-        cnt, thr, thr_id = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
+        return _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
     return cnt, thr, thr_id
 
 
@@ -425,22 +519,23 @@ def _blend_scan(
                 for t in range(8):
                     if (m >> t) & 1:
                         r = rows[j + t] if use_rows else j + t
-                        cnt, thr, thr_id = _blend_admit(
-                            dbuf[t], r, aux_q, aux, w_d, w_l, l1_cap, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids,
-                            use_ids, exclude, use_exclude,
-                        )
+                        l1 = _aux_l1(aux_q, aux, r)
+                        s = w_d * dbuf[t] + w_l * min(float(l1), l1_cap)
+                        if _blend_beats(s, r, thr, thr_id, ids, use_ids, exclude, use_exclude):
+                            cnt, thr, thr_id = _blend_push(
+                                s, dbuf[t], l1, r, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids
+                            )
             j += 8
     while j < stop:
         r = rows[j] if use_rows else j
         d = _row_dist(q, codes, r)
         if d <= _d_bound(thr, w_d, max_d):
-            cnt, thr, thr_id = _blend_admit(
-                d, r, aux_q, aux, w_d, w_l, l1_cap, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude,
-                use_exclude,
-            )
+            l1 = _aux_l1(aux_q, aux, r)
+            s = w_d * d + w_l * min(float(l1), l1_cap)
+            if _blend_beats(s, r, thr, thr_id, ids, use_ids, exclude, use_exclude):
+                cnt, thr, thr_id = _blend_push(s, d, l1, r, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids)
         j += 1
-    cnt, thr, thr_id = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids) if cnt > 0 else (0, thr, thr_id)
-    return cs[:cnt].copy(), cd[:cnt].copy(), cl[:cnt].copy(), cr[:cnt].copy()
+    return _finish_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
 
 
 @njit(cache=True, nogil=True)
@@ -605,8 +700,8 @@ def top_k(
     start, stop: scan only rows[start:stop] (or codes[start:stop] when rows is None); a category's range in a
         category-sorted snapshot, without slicing.
     Returns dists: int32 (k',), idx: int64 (k',) -- row numbers into codes, sorted by (distance, id); k' is
-    min(k, rows scanned that are not excluded). A row listed twice in `rows` is scanned twice but reported once per
-    (distance, id) only if its id differs; callers pass duplicate-free posting lists.
+    min(k, rows scanned that are not excluded). A row listed twice in `rows` is scanned, and can be reported, twice
+    (as top_k_reference does); posting lists are duplicate-free.
     """
     k = _check_k(k)
     qw, words = _prepared(q, codes)
@@ -674,7 +769,8 @@ def top_k_blended(
     w_d = (1.0 - float(weight)) / float(n_bits)
     w_l = float(weight) / float(aux_scale)
     cap = float(aux_scale)
-    aq = np.ascontiguousarray(aux_q)
+    aq = np.zeros(max(64, aux_q.shape[0]), dtype=np.uint8)  # zero-padded for the 64-byte vector L1
+    aq[: aux_q.shape[0]] = aux_q
     use_ids, use_excl = ids is not None, exclude is not None
     if rows is None:
         return _blend_range(qw, words, start, stop, k, aq, aux, w_d, w_l, cap, ids_a, use_ids, excl_a, use_excl)

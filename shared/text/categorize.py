@@ -23,7 +23,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from shared.errors import ConfigError
 from shared.taxonomy import Taxonomy, load_taxonomy
 
 FORMAT_VERSION = "text-category-v1"
@@ -179,8 +178,8 @@ class TextCategorizer:
                  n_features: int = N_FEATURES, ngram_range: tuple[int, int] = NGRAM_RANGE,
                  taxonomy: Taxonomy | None = None, meta: dict | None = None) -> None:
         buckets = np.asarray(buckets, dtype=np.int64)
-        if buckets.ndim != 1 or (buckets.size > 1 and not np.all(np.diff(buckets) > 0)):
-            raise ValueError("buckets must be a strictly increasing 1-d array")
+        if buckets.ndim != 1 or buckets.size == 0 or not np.all(np.diff(buckets) > 0):
+            raise ValueError("buckets must be a non-empty, strictly increasing 1-d array")
         n_cls = len(category_ids)
         coef = np.ascontiguousarray(coef, dtype=np.float32)
         if coef.shape != (buckets.size, n_cls):
@@ -204,7 +203,11 @@ class TextCategorizer:
     # ----------------------------------------------------------------------------------------- persistence
     @classmethod
     def load(cls, path: str | Path | None = None) -> "TextCategorizer":
-        """Load a model folder (default: models/text_category/ under the configured models_dir)."""
+        """Load a model folder (default: models/text_category/ under the configured models_dir).
+
+        Raises FileNotFoundError when the folder has no model, ValueError for another format, KeyError when a
+        category key of the model is not in the current taxonomy.
+        """
         if path is None:
             from shared.config import load_settings
 
@@ -214,10 +217,10 @@ class TextCategorizer:
             with open(path / MANIFEST_FILE, encoding="utf-8") as fh:
                 meta = json.load(fh)
         except FileNotFoundError as exc:
-            raise ConfigError(f"no text category model at {path} (missing {MANIFEST_FILE}); "
-                              "train one with `lookalike train text`") from exc
+            raise FileNotFoundError(f"no text category model at {path} ({MANIFEST_FILE} missing); "
+                                    "train one with `lookalike train text`") from exc
         if meta.get("format") != FORMAT_VERSION:
-            raise ConfigError(f"{path / MANIFEST_FILE}: format {meta.get('format')!r}, expected {FORMAT_VERSION!r}")
+            raise ValueError(f"{path / MANIFEST_FILE}: format {meta.get('format')!r}, expected {FORMAT_VERSION!r}")
         from safetensors.numpy import load_file
 
         t = load_file(str(path / MODEL_FILE))
@@ -268,7 +271,6 @@ class TextCategorizer:
     # ------------------------------------------------------------------------------------------- predict
     def _features(self, text: str) -> tuple[np.ndarray, np.ndarray, float, int]:
         """(rows into coef of the seen buckets, their tf-idf values after l2 norm over ALL buckets, seen fraction, n)."""
-        min_n, max_n = self.ngram_range
         grams = char_wb_ngrams(text, self.ngram_range)
         if not grams:
             return np.empty(0, np.int64), np.empty(0, np.float32), 0.0, 0

@@ -1,7 +1,10 @@
 """The storefront page and the docs page in headless Chromium, against the live system (real worker, index daemon
-and API processes): upload, the three search options, "Load more", a corrupt file, and the API docs."""
+and API processes): upload, the three search options, "Load more", a corrupt file, drop and paste, the API docs.
+
+Screenshots of the results and error states go to var/storefront/ (git-ignored) for a human look at the layout."""
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(UI_TIMEOUT_MS)
     page.errors = []  # uncaught exceptions in the page: any of them fails the test
@@ -48,6 +51,28 @@ def page(browser):
         yield page
     finally:
         context.close()
+
+
+# Hands the page a file the way a shopper's drag-and-drop or clipboard paste does (synthetic events carrying a
+# DataTransfer: what the page's handlers read). Playwright's mouse cannot drag files in from outside the page.
+_GIVE_FILE_JS = """async ([b64, name, how]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const dt = new DataTransfer();
+  dt.items.add(new File([bytes], name, { type: "image/jpeg" }));
+  const init = { bubbles: true, cancelable: true };
+  if (how === "drop") {
+    const zone = document.querySelector("[data-testid='dropzone']");
+    for (const type of ["dragenter", "dragover", "drop"]) {
+      zone.dispatchEvent(new DragEvent(type, { ...init, dataTransfer: dt }));
+    }
+  } else {
+    document.dispatchEvent(new ClipboardEvent("paste", { ...init, clipboardData: dt }));
+  }
+}"""
+
+
+def _give_file(page, path: Path, how: str) -> None:
+    page.evaluate(_GIVE_FILE_JS, [base64.b64encode(path.read_bytes()).decode(), path.name, how])
 
 
 def _is_search(response) -> bool:
@@ -65,19 +90,6 @@ def _search(page) -> tuple[Any, dict]:
     return response, body
 
 
-def _form_fields(response) -> dict[str, str]:
-    """The plain (non-file) fields of the multipart request the page sent."""
-    raw = response.request.post_data_buffer or b""
-    fields: dict[str, str] = {}
-    for part in raw.split(b"Content-Disposition: form-data; ")[1:]:
-        head, _, value = part.partition(b"\r\n\r\n")
-        if b"filename=" in head:
-            continue
-        name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode()
-        fields[name] = value.rsplit(b"\r\n--", 1)[0].decode()
-    return fields
-
-
 def _card_ids(page) -> list[int]:
     return [int(v) for v in page.get_by_test_id("result-card").evaluate_all("els => els.map(e => e.dataset.listingId)")]
 
@@ -93,7 +105,8 @@ def _expect_results_match(page, body: dict) -> None:
     expect(first.locator(".card-title")).to_have_text(body["results"][0]["title"])
     expect(first.get_by_test_id("result-score")).to_contain_text("match")
     expect(first.locator("img")).to_have_attribute("src", body["results"][0]["image"])
-    assert first.locator("img").evaluate("img => img.complete && img.naturalWidth > 0"), "listing photo did not load"
+    # The listing photo really loads from the API (decoded, not a broken-image icon).
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=first.locator("img").element_handle())
 
 
 def _box_inside(inner: dict, outer: dict, slack: float = 1.5) -> bool:
@@ -131,8 +144,8 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     # 2. Automatic category: a grid of cards, the predicted category and attributes, the predicted ROI on the photo.
     response, body = _search(page)
     assert response.status == 200, body
-    assert body["option"] == 1
-    assert _form_fields(response).keys() == {"k", "offset"}  # nothing but the photo and the paging
+    assert body["option"] == 1  # the API saw neither a category nor a rectangle
+    assert (body["k"], body["offset"]) == (page_k, 0)
     _expect_results_match(page, body)
     q = body["query"]
     expect(page.get_by_test_id("query-category")).to_have_text(q["category"]["name"])
@@ -141,7 +154,7 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     roi = page.get_by_test_id("roi-box")
     expect(roi).to_be_visible()
     expect(roi).to_have_attribute("data-fallback", q["roi"]["fallback"])
-    assert roi.get_attribute("data-box") == ",".join(str(v) for v in q["roi"]["box"])
+    assert [float(v) for v in roi.get_attribute("data-box").split(",")] == q["roi"]["box"]
     assert _box_inside(roi.bounding_box(), canvas.bounding_box())
     expect(page.get_by_test_id("shopper-rect")).to_be_hidden()
 
@@ -150,7 +163,6 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     response, body = _search(page)
     assert response.status == 200, body
     assert body["option"] == 2
-    assert _form_fields(response)["category"] == "tshirt"
     assert body["query"]["category"]["key"] == "tshirt"
     assert body["query"]["category"]["source"] == "shopper"
     _expect_results_match(page, body)
@@ -162,7 +174,7 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     with page.expect_response(_is_search, timeout=SEARCH_TIMEOUT_MS) as info:
         load_more.click()
     more = info.value.json()
-    assert _form_fields(info.value)["offset"] == str(body["next_offset"])
+    assert more["offset"] == body["next_offset"] and more["query"]["category"]["key"] == "tshirt"
     expect(page.get_by_test_id("result-card")).to_have_count(len(first_page) + len(more["results"]))
     assert _card_ids(page) == first_page + [r["listing_id"] for r in more["results"]]
     assert len(set(_card_ids(page))) == len(_card_ids(page)), "Load more repeated a listing"
@@ -180,17 +192,20 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     response, body = _search(page)
     assert response.status == 200, body
     assert body["option"] == 3
-    sent = [float(v) for v in _form_fields(response)["rect"].split(",")]
+    assert body["query"]["roi"]["fallback"] == "shopper_rect"
+    # The box the API searched is the mouse rectangle scaled from screen to photo pixels (rounded outwards).
+    sent = [float(v) for v in page.get_by_test_id("stage").get_attribute("data-rect").split(",")]
     expected = [fx0 * width, fy0 * height, fx1 * width, fy1 * height]
     assert all(abs(a - b) <= 2.0 for a, b in zip(sent, expected)), (sent, expected)
-    assert body["query"]["roi"]["fallback"] == "shopper_rect"
     assert body["query"]["roi"]["box"] == pytest.approx(sent, abs=0.11)
+    assert body["query"]["category"]["key"] == "tshirt"  # the chosen category still applies
     _expect_results_match(page, body)
     expect(page.get_by_test_id("roi-box")).to_have_attribute("data-fallback", "shopper_rect")
     expect(page.get_by_test_id("query-roi")).to_have_attribute("data-fallback", "shopper_rect")
     expect(page.get_by_test_id("query-option")).to_have_attribute("data-option", "3")
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "results.png"), full_page=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(SHOTS / "results.png"))
 
     # The clear button removes the rectangle (the next search would be option 2 again).
     page.get_by_test_id("clear-rect").click()
@@ -207,10 +222,20 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     expect(error).to_contain_text(body["message"])
     expect(page.get_by_test_id("result-card")).to_have_count(0)
     expect(page.get_by_test_id("search-button")).to_be_enabled()
-    page.screenshot(path=str(SHOTS / "error.png"), full_page=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(SHOTS / "error.png"))
     assert page.errors == [], page.errors
 
-    # 6. The docs page renders the OpenAPI document, /v1/search included.
+    # 6. The page recovers: a photo dropped on it (then one pasted) replaces the broken file and clears the error.
+    _give_file(page, TSHIRT, "drop")
+    expect(canvas).to_be_visible()
+    expect(page.get_by_test_id("no-preview")).to_be_hidden()
+    expect(error).to_be_hidden()
+    _give_file(page, TSHIRT, "paste")
+    expect(page.locator("#app")).to_have_attribute("data-photo", "loaded")
+    expect(page.get_by_test_id("search-button")).to_be_enabled()
+
+    # 7. The docs page renders the OpenAPI document, /v1/search included.
     page.goto(f"{base}/docs")
     search_doc = page.locator("[data-testid='endpoint'][data-path='/v1/search'][data-method='post']")
     expect(search_doc).to_be_visible()

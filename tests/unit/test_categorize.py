@@ -254,3 +254,40 @@ def test_evaluate_main_prints_one_json_object(capsys: pytest.CaptureFixture[str]
     for key in ("accuracy", "macro_f1", "unknown_rate", "coverage_accuracy", "latency_ms_p50", "latency_ms_p99"):
         assert key in res
     assert res["accuracy"] == 1.0
+
+
+def test_shipped_model_matches_sklearn_on_the_test_split(shipped: TextCategorizer) -> None:
+    """Rebuild scikit-learn's pipeline from the shipped arrays and compare on every test-split title."""
+    from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.linear_model import LogisticRegression
+
+    from shared.config import load_settings
+
+    data = Path(load_settings().data_dir)
+    if not (data / "manifest.csv").exists():
+        pytest.skip(f"no shared data at {data}")
+    examples, _ = engine.load_titled(data, ("test",))
+    assert len(examples) > 500
+    texts = [e.text for e in examples]
+    vec = engine.make_vectorizer(shipped.n_features)
+    tfidf = TfidfTransformer(sublinear_tf=True, smooth_idf=True, norm="l2")
+    idf = np.full(shipped.n_features, shipped.idf_unseen, dtype=np.float64)
+    idf[shipped.buckets] = shipped.idf
+    tfidf.idf_ = idf
+    tfidf.n_features_in_ = shipped.n_features
+    clf = LogisticRegression()
+    clf.coef_ = shipped.coef.T.astype(np.float64)
+    clf.intercept_ = shipped.intercept.astype(np.float64)
+    clf.classes_ = np.array(shipped.category_ids)
+    clf.n_features_in_ = shipped.buckets.size
+    model = engine.SklearnText(vec, tfidf, clf, shipped.buckets, shipped.category_ids)
+    par = engine.parity(model, shipped, texts)
+    assert par["argmax_mismatches"] == 0 and par["max_abs_logit_diff"] < 1e-3, par
+    ref = clf.classes_[model.decision_function(texts).argmax(1)]
+    ours = np.array([shipped.category_ids[int(shipped.scores(t).probs.argmax())] for t in texts])
+    assert (ref == ours).all()
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="lookalike train text"):
+        TextCategorizer.load(tmp_path)

@@ -190,3 +190,17 @@ def test_bad_rows_ids_k_raise() -> None:
         top_k(q, codes, 2.0)
     with pytest.raises(ValueError, match="start <= stop"):
         top_k(q, codes, 5, start=5, stop=3)
+
+
+def test_rows_listing_one_row_many_times_stays_bounded() -> None:
+    # 5000 copies of the best row (more than the candidate buffer) followed by better-ranked ids: no overflow, and
+    # the duplicates are reported as often as they were listed, like the reference does.
+    rng = np.random.default_rng(21)
+    codes = _codes(rng, 100, 256)
+    q = codes[7].copy()
+    rows = np.concatenate([np.full(5000, 7), np.arange(100)]).astype(np.int64)
+    d, idx = top_k(q, codes, 10, rows=rows)
+    rd, ridx = top_k_reference(q, codes, 10, rows=rows)
+    np.testing.assert_array_equal(idx, ridx)
+    np.testing.assert_array_equal(d, rd)
+    assert (idx == 7).all()

@@ -166,3 +166,45 @@ def test_every_category_has_training_images() -> None:
 
 def test_source_labels_file_is_the_loaded_one() -> None:
     assert json.loads(SOURCE_LABELS_FILE.read_text(encoding="utf-8")) == MAPS
+
+
+def test_data_report_flags_unknown_labels_and_empty_categories(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from training import data_report
+
+    cols = ["id", "dataset", "file", "category", "split", "title", "gender", "baseColour", "season", "usage",
+            "kids", "width", "height"]
+    rows = [
+        dict(id="myntra_1", dataset="myntra_small", file="a.jpg", category="Tshirts", split="train",
+             title="Red Rose Women Navy Blue T-shirt", gender="Women", baseColour="Navy Blue", season="Summer",
+             usage="NA", kids="", width="60", height="80"),
+        dict(id="myntra_2", dataset="myntra_small", file="b.jpg", category="Hoverboards", split="train", title="x",
+             gender="Men", baseColour="Black", season="", usage="Casual", kids="", width="60", height="80"),
+    ]
+    with open(tmp_path / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    rep = data_report.build_report(tmp_path)
+    assert rep["unmapped_source_labels"] == {"myntra_small.articleType": {"Hoverboards": 1}}
+    assert "jeans" in rep["categories_without_training_images"]
+    assert rep["categories"]["tshirt"]["by_split"]["train"] == 1
+    assert {"column": "usage", "value": "NA", "count": 1,
+            "reason": MAPS["myntra_small"]["dropped_values"]["usage"]["NA"]} in rep["dropped"]["attribute_values"]
+    brand = {(r["attribute"], r["brand"]) for r in rep["dropped"]["brand_words"]["top"]}
+    assert ("colour.red", "Red Rose") in brand
+    freq = {r["attribute"]: r["train"] for r in rep["attribute_frequencies"]}
+    assert freq["colour.navy"] == 1 and freq["colour.blue"] == 0 and freq["colour.red"] == 0
+    assert data_report.main(["--data", str(tmp_path), "--json"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and json.loads(out)["n_rows"] == 2
+
+
+@needs_data
+def test_data_report_on_the_shared_data_is_clean() -> None:
+    from training import data_report
+
+    rep = data_report.build_report(DATA)
+    assert rep["categories_without_training_images"] == []
+    assert rep["unmapped_source_labels"] == {} and rep["label_errors"] == {}
+    assert rep["n_categories"] >= 19 and rep["n_attributes"] >= 90

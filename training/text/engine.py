@@ -18,7 +18,7 @@ from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from shared.taxonomy import Taxonomy, load_taxonomy
+from shared.taxonomy import Taxonomy
 from shared.taxonomy.labels import LabeledImage, load_labeled
 from shared.text.categorize import (MAX_TITLE_CHARS, N_FEATURES, NGRAM_RANGE, TextCategorizer, Thresholds,
                                     normalize_text)

@@ -26,7 +26,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from shared.config import load_settings
-from shared.errors import ConfigError
 from shared.taxonomy import Taxonomy, load_taxonomy
 from shared.taxonomy.labels import LabeledImage, load_labeled
 from shared.text.categorize import TextCategorizer
@@ -52,6 +51,9 @@ def evaluate_examples(cat: TextCategorizer, examples: Sequence[engine.TitledExam
         preds, ms, cpu = engine.predict_ids(cat, [ex.title for ex in examples], cpu_times=True)
     y = [ex.category_id for ex in examples]
     res = engine.classification_metrics(y, preds, tax)
+    res["errors"] = [{"id": ex.id, "title": ex.title, "true": tax.category(ex.category_id).key,
+                      "predicted": None if p == engine.UNKNOWN else tax.category(p).key}
+                     for ex, p in zip(examples, preds) if p != ex.category_id][:25]
     scored = engine.score_texts(cat, [ex.text for ex in examples])
     conf = np.array([s.confidence for s in scored])
     right = np.array([s.pred == t for s, t in zip(scored, y)])
@@ -95,6 +97,7 @@ def evaluate(cat: TextCategorizer, data_dir: Path, split: str, tax: Taxonomy) ->
                                       "load_average_1m", "raw_accuracy", "ece")})
     res["per_category"] = m["per_category"]
     res["confused_pairs"] = m["confused_pairs"]
+    res["errors"] = m["errors"]
     res["title_names_other_item"] = mismatch_metrics(cat, items, examples, tax)
     res["probes"] = engine.probe_unknowns(cat)
     return res
@@ -122,6 +125,10 @@ def print_table(res: dict) -> None:
         w("\n  most confused (true -> predicted)\n")
         for c in res["confused_pairs"]:
             w(f"  {c['true']:>12} -> {c['predicted']:<12} {c['count']}\n")
+    if res.get("errors"):
+        w("\n  wrong or unknown (up to 25)\n")
+        for e in res["errors"]:
+            w(f"  {e['true']:>12} -> {e['predicted'] or 'unknown':<12} {e['title']}\n")
     mm = res["title_names_other_item"]
     w(f"\n  title names another item than the photo's dominant one: {mm['n']} cases from {mm['n_images']} photos\n")
     for k in ("accuracy", "unknown_rate", "coverage_accuracy", "photo_dominant_accuracy", "predicted_dominant_rate"):
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data or load_settings().data_dir
     try:
         cat = TextCategorizer.load(args.checkpoint)
-    except (ConfigError, FileNotFoundError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, KeyError) as exc:
         logger.error("%s", exc)
         return 2
     if not (Path(data_dir) / "manifest.csv").exists():

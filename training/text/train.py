@@ -26,7 +26,7 @@ from tqdm import tqdm
 from shared.config import REPO_ROOT, load_settings
 from shared.taxonomy import load_taxonomy
 from shared.taxonomy.labels import load_labeled
-from shared.text.categorize import MODEL_FILE, N_FEATURES, Thresholds
+from shared.text.categorize import N_FEATURES, Thresholds
 from training.text import engine
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ def write_model_card(out: Path, manifest: dict) -> None:
     th = manifest["thresholds"]
     per_cat = "\n".join(f"| {k} | {v['support']} | {v['f1']:.3f} |" for k, v in t["per_category"].items())
     confused = "\n".join(f"- {c['true']} -> {c['predicted']}: {c['count']}" for c in t["confused_pairs"]) or "- none"
+    errors = "\n".join(f"- {e['title']!r}: label {e['true']}, text says {e['predicted'] or 'unknown'}"
+                       for e in t["errors"]) or "- none"
     text = f"""# text_category: listing title -> taxonomy category
 
 Character 2-5-gram (`char_wb`) TF-IDF over 2^20 hashed columns (sublinear tf, smooth idf, l2) and a multinomial
@@ -126,9 +128,16 @@ Per category (test):
 Most confused (true -> predicted):
 {confused}
 
+Test titles the model gets wrong or leaves unknown, up to 25 (label = the catalogue's articleType mapped to the taxonomy;
+several are catalogue-label disagreements with the title rather than model errors):
+{errors}
+
 ## Limits
 - Learnt from one catalogue's English titles: brands and phrasing of other shops are less familiar (they fall to
-  "unknown" more often rather than to a wrong category, by design). Non-English titles are always unknown.
+  "unknown" more often rather than to a wrong category, by design). Titles mostly in a non-Latin script are always
+  unknown; Latin-script titles in other languages usually are (few familiar n-grams or low confidence), not always.
+- Test accuracy is high because catalogue titles nearly always name the item type; it says little about shops whose
+  titles do not. The threshold search saw only this catalogue's val titles and generated garbage.
 - Titles that name several items ("shirt with tie") get the item the n-grams weigh most, not necessarily the main one.
 """
     (out / "MODEL_CARD.md").write_text(text, encoding="utf-8")
