@@ -21,6 +21,25 @@ def colour_weight_from(settings: Settings) -> float:
     return float(json.loads(manifest.read_text())["colour_weight"])
 
 
+def warm_up_all() -> None:
+    """Compile (or load from numba's cache) every kernel the daemon uses — search, and the delta and merge
+    paths of apply — before serving: a compile holds the GIL and would stall queries for seconds."""
+    import numpy as np
+
+    from shared.index.postings import IndexSnapshot, ItemArrays, warm_up
+
+    warm_up()
+    colours = np.full((4, 8), 32, np.uint8)
+    snap = IndexSnapshot.build([1, 2, 3, 4], [1, 1, 2, 2], [[1], [1, 2], [], [3]], np.zeros((4, 32), np.uint8),
+                               colours, generation=0)
+    upsert = ItemArrays.create([5, 2], [1, 2], [[1], [2]], np.ones((2, 32), np.uint8), colours[:2])
+    for merge in (False, True):
+        nxt = snap.apply(upsert, np.asarray([3], np.int64), merge=merge)
+        for cat in (None, 1):
+            nxt.search(code=np.zeros(32, np.uint8), colour=colours[0], category_id=cat, attribute_ids=[1, 2], k=3,
+                       offset=1, colour_weight=0.3)
+
+
 def run(settings: Settings) -> int:
     from waitress import create_server
 
@@ -29,10 +48,8 @@ def run(settings: Settings) -> int:
     from index_daemon.server import create_daemon_app
     from shared.db.session import make_engine
 
-    from shared.index.postings import warm_up
-
     t0 = time.perf_counter()
-    warm_up()  # compile (or load from numba's cache) the kernels before the first query, not during it
+    warm_up_all()
     logger.info("kernels ready in %.1f s", time.perf_counter() - t0)
     engine = make_engine(settings)
     holder = SnapshotHolder()

@@ -57,7 +57,9 @@ def _parse_chunk(row, n_bytes: int | None, n_bins: int | None) -> tuple[PostingA
     if not ids:
         return None
     n = len(ids)
-    codes_b, colours_b = bytes(codes), bytes(colours)
+    # bytearray, not bytes: numba compiles a separate (slow to build) variant of every kernel for read-only
+    # arrays, and np.frombuffer over bytes is read-only.
+    codes_b, colours_b = bytearray(codes), bytearray(colours)
     nb = n_bytes or len(codes_b) // n
     nc = n_bins or len(colours_b) // n
     lens_arr = np.asarray(lens, dtype=np.int64)

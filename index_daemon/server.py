@@ -45,7 +45,7 @@ def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float) -> Flask:
             return jsonify({"error": "unavailable", "message": "the index is loading"}), 503
         body = request.get_json(silent=True) or {}
         try:
-            code = np.frombuffer(bytes.fromhex(body["code"]), dtype=np.uint8)
+            code = np.frombuffer(bytearray.fromhex(body["code"]), dtype=np.uint8)  # writable: see loader.py
             colour = np.asarray(body["colour"], dtype=np.float32)
             k, offset = int(body.get("k", 20)), int(body.get("offset", 0))
             category = body.get("category_id")

@@ -426,6 +426,14 @@
       const name = document.createElement("span");
       name.className = "attribute-name";
       name.textContent = a.name || a.key;
+      name.title = a.key;
+      const group = attributeGroup(a.key);
+      if (group) {
+        const tag = document.createElement("span");
+        tag.className = "attribute-group";
+        tag.textContent = group;
+        name.append(tag);
+      }
       const meter = document.createElement("span");
       meter.className = "meter";
       meter.setAttribute("role", "img");
@@ -469,6 +477,7 @@
       li.className = "chip";
       li.dataset.key = key;
       li.textContent = state.attributeNames[key] || key.replace(/_/g, " ");
+      li.title = key;
       chips.append(li);
     }
     if (!chips.children.length) chips.remove();
@@ -535,6 +544,12 @@
 
   function clamp(v, lo, hi) {
     return Math.min(Math.max(v, lo), hi);
+  }
+
+  /** "neckline.round" -> "neckline": the attribute's group, from the taxonomy key. */
+  function attributeGroup(key) {
+    const dot = key.indexOf(".");
+    return dot > 0 ? key.slice(0, dot).replace(/_/g, " ") : "";
   }
 
   function pct(p) {

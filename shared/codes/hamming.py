@@ -22,8 +22,10 @@ __all__ = [
     "warm_up",
 ]
 
-# Candidate buffer floor: compaction (a histogram over distances) runs at most once per (cap - k) admitted rows.
-_MIN_CAP = 2048
+# Candidate buffer: max(2k, 256) rows. A compaction (histogram over distances, O(cap + n_bits)) runs once per
+# cap - k admitted rows; a small buffer tightens the threshold sooner, so fewer rows are admitted at all
+# (measured at k = 100: 1e5 rows 0.115 ms with 256 vs 0.174 ms with 2048; 1e6 rows no worse).
+_MIN_CAP = 256
 # Below this many rows per thread, splitting the scan costs more (thread hand-off, ~50 us) than it saves.
 _MIN_ROWS_PER_THREAD = 250_000
 
@@ -275,26 +277,6 @@ def _compact(cd, cr, cnt, kk, ids, use_ids, hist):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _admit(d, r, cd, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude, hist):
-    # Admission rule: d < thr, or d == thr and id < thr_id. Until the buffer first fills everything is admitted;
-    # after each compaction (thr, thr_id) is the k-th best so far, so the buffer never holds more than cap rows.
-    if d > thr:
-        return cnt, thr, thr_id
-    if d == thr:
-        if (ids[r] if use_ids else r) >= thr_id:
-            return cnt, thr, thr_id
-    if use_exclude:
-        if exclude[r] != 0:
-            return cnt, thr, thr_id
-    cd[cnt] = d
-    cr[cnt] = r
-    cnt += 1
-    if cnt == cd.shape[0]:
-        cnt, thr, thr_id = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
-    return cnt, thr, thr_id
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _tiled_query(q):
     # The query repeated to fill whole 8-word vectors (or q itself when it is already >= 8 words).
     nw = q.shape[0]
@@ -306,22 +288,11 @@ def _tiled_query(q):
 
 @njit(cache=True, nogil=True)
 def _finish(cd, cr, cnt, kk, ids, use_ids, hist):
-    """Exact top-kk of the candidate buffer, ordered by distance then id (two stable sorts over <= cap rows)."""
+    """Exactly the top-kk candidates, unordered; the caller orders them with np.lexsort (numba's argsort would add
+    seconds to the first compile for a sort of ~k items)."""
     if cnt > kk:
         cnt, _, _ = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
-    key = np.empty(cnt, dtype=np.int64)
-    for i in range(cnt):
-        key[i] = ids[cr[i]] if use_ids else cr[i]
-    o1 = np.argsort(key, kind="mergesort")
-    d1 = cd[:cnt][o1]
-    order = o1[np.argsort(d1, kind="mergesort")]
-    cnt = min(cnt, kk)
-    out_d = np.empty(cnt, dtype=np.int32)
-    out_r = np.empty(cnt, dtype=np.int64)
-    for i in range(cnt):
-        out_d[i] = cd[order[i]]
-        out_r[i] = cr[order[i]]
-    return out_d, out_r
+    return cd[:cnt].copy(), cr[:cnt].copy()
 
 
 @njit(cache=True, nogil=True)
@@ -331,7 +302,7 @@ def _top_k_range(q, codes, start, stop, k, ids, use_ids, exclude, use_exclude):
     if kk <= 0:
         return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64)
     max_d = q.shape[0] * q.itemsize * 8
-    cd = np.empty(max(4 * kk, _MIN_CAP), dtype=np.int32)
+    cd = np.empty(max(2 * kk, _MIN_CAP), dtype=np.int32)
     cr = np.empty(cd.shape[0], dtype=np.int64)
     hist = np.empty(max_d + 1, dtype=np.int64)
     dbuf = np.empty(8, dtype=np.int32)
@@ -346,14 +317,28 @@ def _top_k_range(q, codes, start, stop, k, ids, use_ids, exclude, use_exclude):
             m = _group8(codes, j, no_rows, False, qt, thr, dbuf)
             if m != 0:
                 for t in range(8):
-                    if (m >> t) & 1:
-                        cnt, thr, thr_id = _admit(
-                            dbuf[t], j + t, cd, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude, hist
-                        )
+                    d = dbuf[t]
+                    r = j + t
+                    # Admission, written out in each loop (numba did not inline a helper; calls cost ~25 ns/row):
+                    # d < thr, or d == thr and id < thr_id, and not excluded. Until the buffer first fills thr is
+                    # max_d + 1; after each compaction (thr, thr_id) is the k-th best so far.
+                    if (m >> t) & 1 and (d < thr or (d == thr and (ids[r] if use_ids else r) < thr_id)) and (
+                        not use_exclude or exclude[r] == 0
+                    ):
+                        cd[cnt] = d
+                        cr[cnt] = r
+                        cnt += 1
+                        if cnt == cd.shape[0]:
+                            cnt, thr, thr_id = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
             j += 8
     while j < stop:
         d = _row_dist(q, codes, j)
-        cnt, thr, thr_id = _admit(d, j, cd, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude, hist)
+        if (d < thr or (d == thr and (ids[j] if use_ids else j) < thr_id)) and (not use_exclude or exclude[j] == 0):
+            cd[cnt] = d
+            cr[cnt] = j
+            cnt += 1
+            if cnt == cd.shape[0]:
+                cnt, thr, thr_id = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
         j += 1
     return _finish(cd, cr, cnt, kk, ids, use_ids, hist)
 
@@ -370,7 +355,7 @@ def _top_k_rows(q, codes, rows, start, stop, k, ids, use_ids, exclude, use_exclu
         if rows[j] < 0 or rows[j] >= n:
             return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64), False
     max_d = q.shape[0] * q.itemsize * 8
-    cd = np.empty(max(4 * kk, _MIN_CAP), dtype=np.int32)
+    cd = np.empty(max(2 * kk, _MIN_CAP), dtype=np.int32)
     cr = np.empty(cd.shape[0], dtype=np.int64)
     hist = np.empty(max_d + 1, dtype=np.int64)
     dbuf = np.empty(8, dtype=np.int32)
@@ -384,16 +369,26 @@ def _top_k_rows(q, codes, rows, start, stop, k, ids, use_ids, exclude, use_exclu
             m = _group8(codes, j, rows, True, qt, thr, dbuf)
             if m != 0:
                 for t in range(8):
-                    if (m >> t) & 1:
-                        cnt, thr, thr_id = _admit(
-                            dbuf[t], rows[j + t], cd, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude,
-                            hist,
-                        )
+                    d = dbuf[t]
+                    r = rows[j + t]
+                    if (m >> t) & 1 and (d < thr or (d == thr and (ids[r] if use_ids else r) < thr_id)) and (
+                        not use_exclude or exclude[r] == 0
+                    ):
+                        cd[cnt] = d
+                        cr[cnt] = r
+                        cnt += 1
+                        if cnt == cd.shape[0]:
+                            cnt, thr, thr_id = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
             j += 8
     while j < stop:
         r = rows[j]
         d = _row_dist(q, codes, r)
-        cnt, thr, thr_id = _admit(d, r, cd, cr, cnt, kk, thr, thr_id, ids, use_ids, exclude, use_exclude, hist)
+        if (d < thr or (d == thr and (ids[r] if use_ids else r) < thr_id)) and (not use_exclude or exclude[r] == 0):
+            cd[cnt] = d
+            cr[cnt] = r
+            cnt += 1
+            if cnt == cd.shape[0]:
+                cnt, thr, thr_id = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
         j += 1
     out_d, out_r = _finish(cd, cr, cnt, kk, ids, use_ids, hist)
     return out_d, out_r, True
@@ -445,42 +440,10 @@ def _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids):
 
 @njit(cache=True, nogil=True)
 def _finish_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids):
-    """The best min(cnt, kk) candidates ordered by (score, id), as fresh arrays."""
+    """Exactly the best min(cnt, kk) blended candidates, unordered (ordered by the caller, as in _finish)."""
     if cnt > kk:
         cnt, _, _ = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
-    key = np.empty(cnt, dtype=np.int64)
-    for i in range(cnt):
-        key[i] = ids[cr[i]] if use_ids else cr[i]
-    o1 = np.argsort(key, kind="mergesort")
-    order = o1[np.argsort(cs[:cnt][o1], kind="mergesort")]
-    return cs[order], cd[order], cl[order], cr[order]
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _blend_beats(s, r, thr, thr_id, ids, use_ids, exclude, use_exclude):
-    # Called for every row that passes the Hamming bound, so it takes few arguments: the rare admissions go through
-    # _blend_push. (Folding both into one many-argument helper cost ~40 ns per row here.)
-    if s > thr:
-        return False
-    if s == thr:
-        if (ids[r] if use_ids else r) >= thr_id:
-            return False
-    if use_exclude:
-        if exclude[r] != 0:
-            return False
-    return True
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _blend_push(s, d, l1, r, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids):
-    cs[cnt] = s
-    cd[cnt] = d
-    cl[cnt] = l1
-    cr[cnt] = r
-    cnt += 1
-    if cnt == cs.shape[0]:
-        return _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
-    return cnt, thr, thr_id
+    return cs[:cnt].copy(), cd[:cnt].copy(), cl[:cnt].copy(), cr[:cnt].copy()
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -500,7 +463,7 @@ def _blend_scan(
     if kk <= 0:
         return np.empty(0, np.float64), np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int64)
     max_d = q.shape[0] * q.itemsize * 8
-    cap = max(4 * kk, _MIN_CAP)
+    cap = max(2 * kk, _MIN_CAP)
     cs = np.empty(cap, dtype=np.float64)
     cd = np.empty(cap, dtype=np.int32)
     cl = np.empty(cap, dtype=np.int32)
@@ -521,10 +484,17 @@ def _blend_scan(
                         r = rows[j + t] if use_rows else j + t
                         l1 = _aux_l1(aux_q, aux, r)
                         s = w_d * dbuf[t] + w_l * min(float(l1), l1_cap)
-                        if _blend_beats(s, r, thr, thr_id, ids, use_ids, exclude, use_exclude):
-                            cnt, thr, thr_id = _blend_push(
-                                s, dbuf[t], l1, r, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids
-                            )
+                        # Same admission rule as _top_k_range, on the blended score; written out for the same reason.
+                        if (s < thr or (s == thr and (ids[r] if use_ids else r) < thr_id)) and (
+                            not use_exclude or exclude[r] == 0
+                        ):
+                            cs[cnt] = s
+                            cd[cnt] = dbuf[t]
+                            cl[cnt] = l1
+                            cr[cnt] = r
+                            cnt += 1
+                            if cnt == cs.shape[0]:
+                                cnt, thr, thr_id = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
             j += 8
     while j < stop:
         r = rows[j] if use_rows else j
@@ -532,8 +502,14 @@ def _blend_scan(
         if d <= _d_bound(thr, w_d, max_d):
             l1 = _aux_l1(aux_q, aux, r)
             s = w_d * d + w_l * min(float(l1), l1_cap)
-            if _blend_beats(s, r, thr, thr_id, ids, use_ids, exclude, use_exclude):
-                cnt, thr, thr_id = _blend_push(s, d, l1, r, cs, cd, cl, cr, cnt, kk, thr, thr_id, ids, use_ids)
+            if (s < thr or (s == thr and (ids[r] if use_ids else r) < thr_id)) and (not use_exclude or exclude[r] == 0):
+                cs[cnt] = s
+                cd[cnt] = d
+                cl[cnt] = l1
+                cr[cnt] = r
+                cnt += 1
+                if cnt == cs.shape[0]:
+                    cnt, thr, thr_id = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
         j += 1
     return _finish_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
 
@@ -656,6 +632,11 @@ def _check_k(k: int) -> int:
     return int(k)
 
 
+def _order(primary: np.ndarray, rows: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+    # Final order of a kernel's (unordered) top-k: by primary key, then by id (the row number when ids is None).
+    return np.lexsort((rows if ids is None else ids[rows], primary))
+
+
 def _prepared(q: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     check_codes(codes)
     check_query(q, codes.shape[1])
@@ -714,10 +695,15 @@ def top_k(
     if not 0 <= start <= stop <= total:
         raise ValueError(f"need 0 <= start <= stop <= {total}, got start={start}, stop={stop}")
     if rows is None:
-        return _top_k_range(qw, words, start, stop, k, ids_a, ids is not None, excl_a, exclude is not None)
-    dists, idx, ok = _top_k_rows(qw, words, rows_a, start, stop, k, ids_a, ids is not None, excl_a, exclude is not None)
-    if not ok:
-        raise IndexError(f"rows must be in [0, {n}), got a row out of range")
+        dists, idx = _top_k_range(qw, words, start, stop, k, ids_a, ids is not None, excl_a, exclude is not None)
+    else:
+        dists, idx, ok = _top_k_rows(
+            qw, words, rows_a, start, stop, k, ids_a, ids is not None, excl_a, exclude is not None
+        )
+        if not ok:
+            raise IndexError(f"rows must be in [0, {n}), got a row out of range")
+    order = _order(dists, idx, ids)
+    return dists[order], idx[order]
     return dists, idx
 
 
@@ -773,13 +759,15 @@ def top_k_blended(
     aq[: aux_q.shape[0]] = aux_q
     use_ids, use_excl = ids is not None, exclude is not None
     if rows is None:
-        return _blend_range(qw, words, start, stop, k, aq, aux, w_d, w_l, cap, ids_a, use_ids, excl_a, use_excl)
-    s, d, l1, r, ok = _blend_rows(
-        qw, words, rows_a, start, stop, k, aq, aux, w_d, w_l, cap, ids_a, use_ids, excl_a, use_excl
-    )
-    if not ok:
-        raise IndexError(f"rows must be in [0, {n}), got a row out of range")
-    return s, d, l1, r
+        s, d, l1, r = _blend_range(qw, words, start, stop, k, aq, aux, w_d, w_l, cap, ids_a, use_ids, excl_a, use_excl)
+    else:
+        s, d, l1, r, ok = _blend_rows(
+            qw, words, rows_a, start, stop, k, aq, aux, w_d, w_l, cap, ids_a, use_ids, excl_a, use_excl
+        )
+        if not ok:
+            raise IndexError(f"rows must be in [0, {n}), got a row out of range")
+    order = _order(s, r, ids)
+    return s[order], d[order], l1[order], r[order]
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -853,13 +841,24 @@ def top_k_reference(
     return d[order], cand[order]
 
 
-def warm_up() -> None:
-    """Compile (or load from numba's on-disk cache) the kernels for the shapes the daemon uses; ~ms when cached."""
-    for n_bytes in (32, 64, 25):
-        codes = np.zeros((4, n_bytes), dtype=np.uint8)
-        q = np.zeros(n_bytes, dtype=np.uint8)
+def warm_up(*, blended: bool = True, distances: bool = False) -> None:
+    """Compile, or load from numba's on-disk cache (cache=True, next to this file), the kernels a search uses.
+
+    Only the uint64-word specialisations (codes of a multiple of 64 bits, which is what IndexSnapshot stores) with
+    int32 posting rows: about 0.5 s when cached, 20-60 s on this machine the first time (bake the cache into the
+    image by running this once at build time on the target CPU). Odd widths compile lazily on first use.
+    """
+    codes = np.zeros((16, 32), dtype=np.uint8)
+    q = np.zeros(32, dtype=np.uint8)
+    ids = np.arange(16, dtype=np.int64)
+    exclude = np.zeros(16, dtype=np.uint8)
+    rows = np.arange(9, dtype=np.int32)
+    top_k(q, codes, 2, ids=ids, exclude=exclude)
+    top_k(q, codes, 2, rows=rows, ids=ids, exclude=exclude)
+    if blended:
+        aux = np.zeros((16, 4), dtype=np.uint8)
+        for span in ({}, {"rows": rows}):
+            top_k_blended(q, codes, 2, aux_q=aux[0], aux=aux, weight=0.5, n_bits=256, aux_scale=510.0, ids=ids,
+                          exclude=exclude, **span)
+    if distances:
         hamming_distances(q, codes)
-        top_k(q, codes, 2)
-        top_k(q, codes, 2, ids=np.arange(4, dtype=np.int64), exclude=np.zeros(4, dtype=np.uint8))
-        top_k(q, codes, 2, rows=np.arange(2, dtype=np.int32))
-        top_k(q, codes, 2, rows=np.arange(2, dtype=np.int32), ids=np.arange(4, dtype=np.int64))

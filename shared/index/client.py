@@ -29,7 +29,7 @@ class SearchReply:
 
 
 class IndexClient:
-    def __init__(self, base_url: str, *, timeout_s: float = 2.0) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float = 5.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self._http = requests.Session()

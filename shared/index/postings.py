@@ -509,10 +509,10 @@ class _Segment:
     @classmethod
     def _from_sorted(
         cls, ids: np.ndarray, codes: np.ndarray, colours: np.ndarray, cat_keys: np.ndarray, cat_offsets: np.ndarray,
-        attr_keys: np.ndarray, entry_attr: np.ndarray, entry_rows: np.ndarray,
+        attr_keys: np.ndarray, entry_attr: np.ndarray, entry_rows: np.ndarray, *, dedupe: bool = True,
     ) -> _Segment:
         """Finish a segment from category-sorted columns and postings entries sorted by (attribute index, row)."""
-        if entry_rows.shape[0] > 1:  # an attribute listed twice on one item appears once
+        if dedupe and entry_rows.shape[0] > 1:  # an attribute listed twice on one item appears once
             dup = (entry_rows[1:] == entry_rows[:-1]) & (entry_attr[1:] == entry_attr[:-1])
             if dup.any():
                 keep = np.concatenate([[True], ~dup])
@@ -555,22 +555,30 @@ class _Segment:
         cat_keys, cat_index = _dense_codes(cats)
         cat_offsets = np.zeros(cat_keys.shape[0] + 1, dtype=np.int64)
         np.cumsum(np.bincount(cat_index, minlength=cat_keys.shape[0]), out=cat_offsets[1:])
-        # Postings: map both segments' entries to the new rows (a monotone map, so each stays sorted within an
-        # attribute), re-index attributes over the union of both vocabularies, then merge the two sorted key lists.
+        # Postings, one attribute at a time: map both lists to the new rows (a monotone map, so each stays sorted),
+        # drop tombstoned rows, and insert the short delta list into the long base list. All int32, O(nnz).
         attr_keys = np.union1d(base.attr_keys, delta.attr_keys)
-        row_map = np.full(base.n, -1, dtype=np.int64)
+        row_map = np.full(base.n, -1, dtype=np.int32)
         row_map[alive] = new_base
-        keys = []
-        for seg, rmap in ((base, row_map), (delta, new_delta)):
-            per_attr = seg.post_starts[:, -1] - seg.post_starts[:, 0]
-            a_idx = np.repeat(np.searchsorted(attr_keys, seg.attr_keys), per_attr)
-            rows = rmap[seg.post_rows]
-            live = rows >= 0
-            keys.append((a_idx[live] << 32) | rows[live])
-        merged = np.insert(keys[0], np.searchsorted(keys[0], keys[1]), keys[1])
-        entry_attr = (merged >> 32).astype(_small_int(attr_keys.shape[0]))
-        entry_rows = (merged & 0xFFFFFFFF).astype(np.int32)
-        return cls._from_sorted(ids, codes, colours, cat_keys, cat_offsets, attr_keys, entry_attr, entry_rows)
+        base_rows = row_map[base.post_rows]
+        delta_rows = new_delta.astype(np.int32)[delta.post_rows]
+        lists = []
+        for key in attr_keys:
+            b = base_rows[0:0]
+            ab = int(np.searchsorted(base.attr_keys, key))
+            if ab < base.attr_keys.shape[0] and base.attr_keys[ab] == key:
+                b = base_rows[base.post_starts[ab, 0] : base.post_starts[ab, -1]]
+                b = b[b >= 0]
+            ad = int(np.searchsorted(delta.attr_keys, key))
+            if ad < delta.attr_keys.shape[0] and delta.attr_keys[ad] == key:
+                d = delta_rows[delta.post_starts[ad, 0] : delta.post_starts[ad, -1]]
+                b = np.insert(b, np.searchsorted(b, d), d)
+            lists.append(b)
+        entry_rows = np.concatenate(lists) if lists else np.empty(0, np.int32)
+        entry_attr = np.repeat(np.arange(attr_keys.shape[0], dtype=_small_int(attr_keys.shape[0])),
+                               [x.shape[0] for x in lists])
+        return cls._from_sorted(ids, codes, colours, cat_keys, cat_offsets, attr_keys, entry_attr, entry_rows,
+                                dedupe=False)
 
     def category_range(self, category_id: int | None) -> tuple[int, int, int]:
         """(category index or -1, first row, end row) of a category; (-1, 0, 0) when absent; whole segment for None."""
@@ -606,6 +614,7 @@ class _Segment:
     def has_attributes(self, rows: np.ndarray, attribute_ids: Sequence[int]) -> np.ndarray:
         """bool (len(rows), len(attribute_ids)): whether each row has each attribute (binary search per attribute)."""
         out = np.zeros((rows.shape[0], len(attribute_ids)), dtype=bool)
+        rows = rows.astype(self.post_rows.dtype)  # same dtype, or searchsorted copies the whole posting list
         for j, a in enumerate(attribute_ids):
             lst = self.posting(a, -1)
             if lst.shape[0]:
@@ -795,10 +804,7 @@ class IndexSnapshot:
         new_sequence = self.sequence if sequence is None else int(sequence)
         n_base = self._base.n
         if merge is None:
-            merge = (
-                len(delta_items) > max(_MERGE_MIN_ITEMS, _MERGE_FRACTION * n_base)
-                or n_dead > _MERGE_DEAD_FRACTION * max(n_base, 1)
-            )
+            merge = _needs_merge(len(delta_items), n_dead, n_base)
         padded = _padded_bytes(self._n_bytes)
         if merge:
             delta = self._delta if delta_items is old else _Segment.build(delta_items, padded)
@@ -832,6 +838,11 @@ class IndexSnapshot:
     @property
     def n_bytes(self) -> int:
         return self._n_bytes
+
+    @property
+    def needs_merge(self) -> bool:
+        """Whether the delta or the tombstones have grown past the merge thresholds."""
+        return _needs_merge(self._delta.n, self._n_dead, self._base.n)
 
     @property
     def delta_size(self) -> int:
@@ -988,6 +999,10 @@ class IndexSnapshot:
         )
 
 
+def _needs_merge(n_delta: int, n_dead: int, n_base: int) -> bool:
+    return n_delta > max(_MERGE_MIN_ITEMS, _MERGE_FRACTION * n_base) or n_dead > _MERGE_DEAD_FRACTION * max(n_base, 1)
+
+
 def _strategy_rows(
     seg: _Segment, c: int, lo: int, hi: int, q_attrs: tuple[int, ...], strategy: str, min_votes: int
 ) -> np.ndarray:
@@ -1009,8 +1024,9 @@ def _strategy_rows(
 
 
 def warm_up() -> None:
-    """Compile or load the kernels the snapshot calls (numba's on-disk cache makes this ~0.5 s after the first run)."""
-    _warm_up_kernels()
+    """Compile or load the kernels the snapshot calls (see shared.codes.hamming.warm_up), then run one tiny search of
+    each kind so the first real request pays nothing extra."""
+    _warm_up_kernels(blended=True)
     snap = IndexSnapshot.build([1, 2, 3], [1, 1, 2], [[1], [1, 2], []], np.zeros((3, 32), np.uint8),
                                np.full((3, 4), 0.25, np.float32), generation=0)
     for w in (0.0, 0.5):

@@ -96,6 +96,70 @@ def foreground_mask(rgb: np.ndarray) -> np.ndarray:
     return fg
 
 
+# The item mask for background flattening is computed on a thumbnail this size (cheap; scaled back up).
+_MASK_SIDE = 128
+_SEAM_PX = 3  # thumbnail pixels
+
+
+def _border_median(rgb: np.ndarray) -> np.ndarray:
+    """Median colour of the border ring `foreground_mask` uses: float (3,)."""
+    h, w = rgb.shape[:2]
+    b = max(1, int(round(_BORDER_FRAC * min(h, w))))
+    ring = np.zeros((h, w), dtype=bool)
+    ring[:b], ring[-b:], ring[:, :b], ring[:, -b:] = True, True, True, True
+    return np.median(rgb[ring].astype(np.float32), axis=0)
+
+
+def _is_whiteish(colour: np.ndarray) -> bool:
+    """Light and unsaturated: white to light grey (a studio backdrop under brightness changes)."""
+    return float(colour.min()) >= 170 and float(colour.max() - colour.min()) <= 30
+
+
+def isolate_item(crop: Image.Image, *, passes: int = 2) -> Image.Image:
+    """The encoder's view of a crop: on a plain backdrop (product photo, padding), the backdrop is painted white and
+    the crop tightened to the item; otherwise (street photo) the crop unchanged. See `foreground_mask`.
+
+    Up to two passes on one thumbnail, because a product shot padded on another colour has two backdrops (the
+    padding, then the studio white): the second pass looks inside the box the first one kept. The box ignores
+    structures thinner than ~2 thumbnail pixels (JPEG fringes along a padding seam); the painting does not, except
+    in a thin band along the box's edge (so thin chains and straps inside the item stay).
+    """
+    from scipy import ndimage
+
+    crop = crop.convert("RGB")
+    rgb = np.asarray(presets.colour_thumbnail(crop, _MASK_SIDE), dtype=np.uint8)
+    h, w = rgb.shape[:2]
+    keep = np.ones((h, w), dtype=bool)
+    y0, y1, x0, x1 = 0, h, 0, w
+    changed = False
+    for _ in range(passes):
+        fg = foreground_mask(rgb[y0:y1, x0:x1])
+        if fg.all():
+            break
+        opened = ndimage.binary_opening(fg, structure=np.ones((3, 3), bool))
+        if not opened.any():
+            opened = fg
+        ys, xs = np.nonzero(opened.any(axis=1))[0], np.nonzero(opened.any(axis=0))[0]
+        # Thin structures in a band along the new box's edge are seam fringes: paint them too.
+        band = np.ones_like(fg)
+        band[ys[0] + _SEAM_PX:ys[-1] + 1 - _SEAM_PX, xs[0] + _SEAM_PX:xs[-1] + 1 - _SEAM_PX] = False
+        keep[y0:y1, x0:x1] &= fg & ~(band & ~opened)
+        # The next pass looks inside the new box, minus the seam band.
+        ny0, ny1 = y0 + ys[0] + _SEAM_PX, y0 + ys[-1] + 1 - _SEAM_PX
+        nx0, nx1 = x0 + xs[0] + _SEAM_PX, x0 + xs[-1] + 1 - _SEAM_PX
+        keep[:y0 + ys[0]], keep[y0 + ys[-1] + 1:], keep[:, :x0 + xs[0]], keep[:, x0 + xs[-1] + 1:] = (
+            False, False, False, False)
+        changed = True
+        # A white (or brightened/dimmed white) backdrop is the studio's: the item is found, stop. Only a coloured
+        # backdrop (padding, a seller's coloured sheet) may hide a second, white one inside it.
+        if _is_whiteish(_border_median(rgb[y0:y1, x0:x1])) or ny1 - ny0 < 8 or nx1 - nx0 < 8:
+            break
+        y0, y1, x0, x1 = ny0, ny1, nx0, nx1
+    if not changed or not keep.any():
+        return crop
+    return presets.flatten_background(crop, keep)
+
+
 def _hsv_bins(hsv: np.ndarray) -> np.ndarray:
     """uint8 (..., 3) PIL HSV -> int64 (...) bin index in 0 .. N_COLOUR_BINS-1."""
     hh = hsv[..., 0].astype(np.int64)
@@ -200,7 +264,9 @@ def pooled_maps(encoder: nn.Module, images: Sequence[Image.Image], rois: Sequenc
     out: dict[str, list[np.ndarray]] = {f"{kind}{s}": [] for s in layers for kind in ("avg", "max")}
     for start in range(0, len(images), batch_size):
         chunk = [img.convert("RGB") for img in images[start:start + batch_size]]
+        # channels_last: ~1.3x faster on CPU for EfficientNet's depthwise convs (same results here).
         x = torch.stack([presets.encoder_input(c, input_size) for c in chunk]).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
         boxes = [_roi_in_letterbox(c, r, input_size) for c, r in zip(chunk, rois[start:start + batch_size])]
         maps = encoder.forward_maps(x, upto=upto)
         for s in layers:
@@ -277,6 +343,7 @@ class FeatureExtractor:
     pooling: str = "avg"
     colour_weight: float = 0.3
     use_colour_mask: bool = True
+    flatten_background: bool = True
     version: str = FEATURES_VERSION
     meta: dict[str, Any] | None = None
 
@@ -296,6 +363,8 @@ class FeatureExtractor:
 
     def describe(self, crops: Sequence[Image.Image], *, batch_size: int = 8) -> np.ndarray:
         """Crops -> descriptors float32 (n, D), before centring and projection."""
+        if self.flatten_background:
+            crops = [isolate_item(c) for c in crops]
         pooled = pooled_maps(self.encoder, crops, None, input_size=self.input_size, layers=self.layers,
                              batch_size=batch_size)
         return descriptors_from_pooled(pooled, layers=self.layers, pooling=self.pooling)
@@ -320,12 +389,14 @@ class FeatureExtractor:
         tensors = load_file(str(folder / meta.get("file", "projection.safetensors")))
         if encoder is None:
             encoder = build_feature_encoder(meta["encoder"])
-        encoder.to(device).eval()
+        encoder.to(device).to(memory_format=torch.channels_last).eval()
         return cls(encoder=encoder, mean=tensors["mean"].astype(np.float32),
                    projection=tensors["projection"].astype(np.float32),
                    input_size=int(meta["input_size"]), layers=tuple(int(s) for s in meta["layers"]),
                    pooling=str(meta["pooling"]), colour_weight=float(meta["colour_weight"]),
-                   use_colour_mask=bool(meta.get("colour_mask", True)), version=str(meta["version"]), meta=meta)
+                   use_colour_mask=bool(meta.get("colour_mask", True)),
+                   flatten_background=bool(meta.get("flatten_background", True)), version=str(meta["version"]),
+                   meta=meta)
 
 
 def default_features_dir() -> Path:

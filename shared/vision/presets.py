@@ -60,3 +60,28 @@ def colour_thumbnail(img: Image.Image, side: int) -> Image.Image:
     if scale >= 1.0:
         return img
     return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BOX)
+
+
+def flatten_background(img: Image.Image, foreground: np.ndarray, *, box_mask: np.ndarray | None = None,
+                       margin: float = 0.04, fill: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Paint the background white and crop to the item's bounding box (plus `margin` of its size per side).
+
+    foreground: bool (h', w') mask at any resolution (scaled to the image with nearest neighbour); box_mask: the
+    mask whose bounding box is kept (default: foreground). Puts a product shot on any plain backdrop, padded or
+    loosely cropped, into one canonical framing before encoding.
+    """
+    if foreground.dtype != bool or foreground.ndim != 2:
+        raise TypeError(f"foreground must be a 2-D bool mask, got {foreground.dtype} {foreground.shape}")
+    if foreground.all() or not foreground.any():
+        return img
+    w, h = img.size
+    mask = Image.fromarray(foreground.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)
+    out = Image.new("RGB", (w, h), fill)
+    out.paste(img.convert("RGB"), (0, 0), mask)
+    if box_mask is not None and box_mask.any():
+        mask = Image.fromarray(box_mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)
+    m = np.asarray(mask) > 0
+    ys, xs = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+    x0, x1, y0, y1 = int(xs[0]), int(xs[-1]) + 1, int(ys[0]), int(ys[-1]) + 1
+    mx, my = round(margin * (x1 - x0)), round(margin * (y1 - y0))
+    return out.crop((max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my)))

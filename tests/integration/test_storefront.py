@@ -22,6 +22,7 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # A T-shirt from the part of the sample catalogue that live_system indexes (rows[::4]).
 TSHIRT = REPO_ROOT / "sample" / "images" / "clothing_04520051-6197-4561-a721-8e73c0d4116a.jpg"
+CATEGORY = "tshirt"  # what the shopper picks for option 2
 SHOTS = REPO_ROOT / "var" / "storefront"
 SEARCH_TIMEOUT_MS = 120_000  # the first search may wait for the API to load its networks on a busy CPU
 UI_TIMEOUT_MS = 15_000
@@ -121,14 +122,14 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     base = live_system.api_url
     # Page size for this run: one less than the chosen-category matches, so "Load more" has a second page.
     probe = requests.post(f"{base}/v1/search", files={"image": ("q.jpg", TSHIRT.read_bytes())},
-                          data={"category": "tshirt", "k": 100}, timeout=120)
+                          data={"category": CATEGORY, "k": 100}, timeout=120)
     assert probe.status_code == 200, probe.text
-    n_tshirt = len(probe.json()["results"])
-    assert n_tshirt >= 2, f"the sample index has {n_tshirt} T-shirt listings; Load more needs 2"
-    page_k = min(6, n_tshirt - 1)
+    n_matches = len(probe.json()["results"])
+    assert n_matches >= 2, f"the sample index has {n_matches} {CATEGORY} listings; Load more needs 2"
+    page_k = min(6, n_matches - 1)
 
     page.goto(f"{base}/?k={page_k}")
-    expect(page.get_by_test_id("category-select").locator("option[value='tshirt']")).to_have_count(1)
+    expect(page.get_by_test_id("category-select").locator(f"option[value='{CATEGORY}']")).to_have_count(1)
     expect(page.get_by_test_id("search-button")).to_be_disabled()
 
     # 1. Upload a photo: it is drawn on the canvas at its aspect ratio.
@@ -159,14 +160,14 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     expect(page.get_by_test_id("shopper-rect")).to_be_hidden()
 
     # 3. Chosen category: the query runs as that category; "Load more" fetches the next page with next_offset.
-    page.get_by_test_id("category-select").select_option("tshirt")
+    page.get_by_test_id("category-select").select_option(CATEGORY)
     response, body = _search(page)
     assert response.status == 200, body
     assert body["option"] == 2
-    assert body["query"]["category"]["key"] == "tshirt"
+    assert body["query"]["category"]["key"] == CATEGORY
     assert body["query"]["category"]["source"] == "shopper"
     _expect_results_match(page, body)
-    expect(page.get_by_test_id("query-category")).to_have_attribute("data-key", "tshirt")
+    expect(page.get_by_test_id("query-category")).to_have_attribute("data-key", CATEGORY)
     expect(page.get_by_test_id("query-category-source")).to_have_attribute("data-source", "shopper")
     first_page = _card_ids(page)
     load_more = page.get_by_test_id("load-more")
@@ -174,7 +175,7 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     with page.expect_response(_is_search, timeout=SEARCH_TIMEOUT_MS) as info:
         load_more.click()
     more = info.value.json()
-    assert more["offset"] == body["next_offset"] and more["query"]["category"]["key"] == "tshirt"
+    assert more["offset"] == body["next_offset"] and more["query"]["category"]["key"] == CATEGORY
     expect(page.get_by_test_id("result-card")).to_have_count(len(first_page) + len(more["results"]))
     assert _card_ids(page) == first_page + [r["listing_id"] for r in more["results"]]
     assert len(set(_card_ids(page))) == len(_card_ids(page)), "Load more repeated a listing"
@@ -198,7 +199,7 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     expected = [fx0 * width, fy0 * height, fx1 * width, fy1 * height]
     assert all(abs(a - b) <= 2.0 for a, b in zip(sent, expected)), (sent, expected)
     assert body["query"]["roi"]["box"] == pytest.approx(sent, abs=0.11)
-    assert body["query"]["category"]["key"] == "tshirt"  # the chosen category still applies
+    assert body["query"]["category"]["key"] == CATEGORY  # the chosen category still applies
     _expect_results_match(page, body)
     expect(page.get_by_test_id("roi-box")).to_have_attribute("data-fallback", "shopper_rect")
     expect(page.get_by_test_id("query-roi")).to_have_attribute("data-fallback", "shopper_rect")

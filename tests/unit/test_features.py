@@ -301,3 +301,22 @@ def test_alter_is_seeded_and_changes_the_image() -> None:
     c = np.asarray(alter(img, random.Random(6)))
     assert np.array_equal(a, b)
     assert a.shape != c.shape or not np.array_equal(a, c)
+
+
+def test_isolate_item_undoes_padding_on_a_colour() -> None:
+    """A product shot, padded on a coloured backdrop, is brought back to the framing of the original."""
+    from shared.vision.features import isolate_item
+
+    original = on_white((200, 30, 30))  # a 30x40 red item on a 60x80 white photo
+    padded = Image.new("RGB", (100, 110), (40, 160, 60))
+    padded.paste(original, (25, 12))
+    a, b = isolate_item(original), isolate_item(padded)
+    assert abs(a.size[0] - b.size[0]) <= 3 and abs(a.size[1] - b.size[1]) <= 3
+    assert a.size[0] < 40 and a.size[1] < 50  # tightened to the item (plus a small margin)
+    for view in (a, b):
+        arr = np.asarray(view)
+        assert tuple(arr[arr.shape[0] // 2, arr.shape[1] // 2]) == (200, 30, 30)
+        assert not (np.abs(arr.astype(int) - (40, 160, 60)).max(axis=2) < 30).any()  # no green left
+    # A busy (street) crop is left as it is.
+    street = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 40, 3), dtype=np.uint8))
+    assert isolate_item(street) is not None and isolate_item(street).size == street.size

@@ -164,7 +164,7 @@ def train_epoch(net: AttributeNet, store: torch.Tensor, seqs: Sequence[Sequence[
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         optimizer.step()
         step += 1
-        total += float(loss)
+        total += loss.item()
         count += k
         bar.set_postfix(nll=f"{total / max(count, 1):.3f}", lr=f"{base_lrs[0] * f:.2e}")
     return step, total / max(count, 1), exhausted

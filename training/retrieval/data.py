@@ -19,7 +19,7 @@ from shared.config import REPO_ROOT
 from shared.taxonomy import load_source_labels
 from shared.taxonomy.labels import load_labeled
 from shared.vision import presets
-from shared.vision.features import Box, colour_histogram, pooled_maps
+from shared.vision.features import Box, colour_histogram, isolate_item, pooled_maps
 
 logger = logging.getLogger(__name__)
 
@@ -158,11 +158,16 @@ def _inputs(item: RetrievalItem, variant: str) -> tuple[Image.Image, Box | None]
 
 def cached_pooled(encoder: nn.Module, items: Sequence[RetrievalItem], *, variant: str, input_size: int,
                   data_dir: str | Path, layers: Sequence[int] = (16, 32), chunk: int = 512, batch_size: int = 8,
-                  use_cache: bool = True, colour_mask: bool = True) -> dict[str, np.ndarray]:
+                  use_cache: bool = True, colour_mask: bool = True, flatten: bool = True) -> dict[str, np.ndarray]:
     """Pooled maps (see `pooled_maps`) plus "colour" (n, bins) for every item, computed once and cached in chunks
-    under var/retrieval/ (an interrupted run resumes at the first missing chunk)."""
-    key = hashlib.sha1(repr((encoder_tag(encoder), data_tag(data_dir), variant, input_size, tuple(layers),
-                             colour_mask, ALTER_SEED, [it.id for it in items])).encode()).hexdigest()[:16]
+    under var/retrieval/ (an interrupted run resumes at the first missing chunk).
+
+    flatten: encode `isolate_item(crop)` as `extract_features` does (crop variants; ROI pooling encodes the photo).
+    """
+    flatten = flatten and variant != "roipool"
+    key_parts = (encoder_tag(encoder), data_tag(data_dir), variant, input_size, tuple(layers), colour_mask,
+                 ALTER_SEED, [it.id for it in items]) + (("flat",) if flatten else ())
+    key = hashlib.sha1(repr(key_parts).encode()).hexdigest()[:16]
     folder = CACHE_DIR / f"{variant}-{input_size}-{key}"
     folder.mkdir(parents=True, exist_ok=True)
     parts: list[dict[str, np.ndarray]] = []
@@ -175,7 +180,8 @@ def cached_pooled(encoder: nn.Module, items: Sequence[RetrievalItem], *, variant
                 parts.append({k: z[k] for k in z.files})
         else:
             images, rois = zip(*(_inputs(it, variant) for it in sub))
-            pooled = pooled_maps(encoder, list(images), list(rois), input_size=input_size, layers=layers,
+            views = [isolate_item(img) for img in images] if flatten else list(images)
+            pooled = pooled_maps(encoder, views, list(rois), input_size=input_size, layers=layers,
                                  batch_size=batch_size)
             pooled["colour"] = np.stack([colour_histogram(img, roi, use_mask=colour_mask)
                                          for img, roi in zip(images, rois)])

@@ -86,7 +86,8 @@ def evaluate(extractor: FeatureExtractor, data_dir: Path, *, split: str, batch_s
              latency_images: int, roipool: bool) -> dict:
     """Every row of the comparison plus the top-level (combined) figures."""
     c = load_cached(extractor.encoder, data_dir, input_size=extractor.input_size, splits=(split,),
-                    batch_size=batch_size, use_cache=use_cache, roipool=roipool)
+                    batch_size=batch_size, use_cache=use_cache, roipool=roipool,
+                    flatten=extractor.flatten_background)
     rows, alt = c.queries[split]
     if len(rows) == 0:
         raise SystemExit(f"no items in split {split!r} of {data_dir}")

@@ -25,7 +25,7 @@ import numpy as np
 from shared.codes.binarize import binarize
 from shared.config import load_settings
 from shared.taxonomy import load_taxonomy
-from shared.vision.features import (FEATURES_VERSION, N_COLOUR_BINS, dequantize_colours, descriptors_from_pooled,
+from shared.vision.features import (N_COLOUR_BINS, dequantize_colours, descriptors_from_pooled,
                                     quantize_colours)
 from training.retrieval import engine
 from training.retrieval.data import RetrievalItem, cached_pooled, data_tag, load_items, relevance, set_threads
@@ -89,11 +89,11 @@ class Cached:
 
 
 def load_cached(encoder, data_dir: Path, *, input_size: int, splits: tuple[str, ...], batch_size: int,
-                use_cache: bool = True, roipool: bool = True) -> Cached:
+                use_cache: bool = True, roipool: bool = True, flatten: bool = True) -> Cached:
     """Encode (or read from var/retrieval/) every item, the altered copies of the query splits and the ROI-pooled
     Colorful Fashion images."""
     items = load_items(data_dir)
-    kw = dict(input_size=input_size, data_dir=data_dir, batch_size=batch_size, use_cache=use_cache)
+    kw = dict(input_size=input_size, data_dir=data_dir, batch_size=batch_size, use_cache=use_cache, flatten=flatten)
     queries = {}
     for split in splits:
         rows = np.array([i for i, it in enumerate(items) if it.split == split], dtype=np.int64)
@@ -219,6 +219,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-bits", type=int, default=256)
     p.add_argument("--roipool", action="store_true", help="pool ROIs on the whole image's maps instead of "
                    "encoding the crop (scored on VAL only; the shipped path encodes crops)")
+    p.add_argument("--no-flatten", action="store_true", help="encode crops as they are (no backdrop flattening)")
     p.add_argument("--sweep", action="store_true", help="score every pooling x projection x n_bits on VAL, then stop")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
@@ -248,10 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     spec = encoder_spec(args.encoder)
     encoder = build_feature_encoder(spec)
     c = load_cached(encoder, data_dir, input_size=args.input_size, splits=("val",), batch_size=args.batch_size,
-                    use_cache=not args.no_cache, roipool=args.roipool or args.sweep)
+                    use_cache=not args.no_cache, roipool=args.roipool or args.sweep, flatten=not args.no_flatten)
+    logger.info("descriptors ready after %.1f s", time.time() - t_start)
     if args.sweep:
         rows = sweep(c, "val", n_bits_list=(256, 512, 1024))
-        path = Path("var/retrieval") / f"sweep-{args.encoder}-{args.input_size}.json"
+        path = Path("var/retrieval") / (f"sweep-{args.encoder}-{args.input_size}"
+                                        f"{'-noflat' if args.no_flatten else ''}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
         print(json.dumps(rows))
@@ -262,10 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     mean, proj = fp16_round(mean), fp16_round(proj)  # score exactly what ships
     w, table = tune_colour_weight(c, "val", pooling=args.pooling, mean=mean, proj=proj, roipool=args.roipool)
     val = score_config(c, "val", pooling=args.pooling, mean=mean, proj=proj, colour_weight=w, roipool=args.roipool)
-    version = FEATURES_VERSION if (args.encoder, args.pooling, args.projection, args.n_bits, args.input_size) == (
-        "imagenet", "avg", "itq", 256, 224) else (
-        f"{'effl0-imnet' if args.encoder == 'imagenet' else 'effl0-attr'}.s16s32-{args.pooling}."
-        f"{args.projection}{proj.shape[1]}.hsv{N_COLOUR_BINS}-v1")
+    version = (f"{'effl0-imnet' if args.encoder == 'imagenet' else 'effl0-attr'}.in{args.input_size}"
+               f".s16s32-{args.pooling}.{args.projection}{proj.shape[1]}{'' if args.no_flatten else '.flat'}"
+               f".hsv{N_COLOUR_BINS}-v1")
     meta = {
         "version": version,
         "file": "projection.safetensors",
@@ -278,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         "binarizer": "shared.codes.binarize (bit = feature > 0, packbits big-endian: feature 0 = MSB of byte 0)",
         "colour_bins": N_COLOUR_BINS,
         "colour_mask": True,
+        "flatten_background": not args.no_flatten,
         "colour_weight": w,
         "distance": "(1 - w) * hamming / n_bits + w * 0.5 * L1(colour histograms)",
-        "preprocessing": {"roi": "crop then letterbox on white", "normalize": "(x - 127) / 128",
+        "preprocessing": {"roi": "crop, isolate_item (plain backdrop painted white, tightened) unless --no-flatten, "
+                                 "letterbox on white", "normalize": "(x - 127) / 128",
                           "pooled": "masked average over the crop's cells, per-layer L2 norm, concatenated"},
         "taxonomy_version": load_taxonomy().version,
         "data_hash": data_tag(data_dir),
