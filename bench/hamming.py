@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     warm_up()
     warm_s = time.perf_counter() - t
-    configs = [(args.n, args.bits)] if args.n else [(n, b) for n in (100_000, 1_000_000, 10_000_000) for b in (256, 512)]
+    sizes = (100_000, 1_000_000, 10_000_000)
+    configs = [(args.n, args.bits)] if args.n else [(n, b) for n in sizes for b in (256, 512)]
     runs = [run_one(n, b, n_queries=args.queries) for n, b in configs]
     meta = {"cpu_count": os.cpu_count(), "warm_up_s": round(warm_s, 3)}
     if args.json:

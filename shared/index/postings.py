@@ -16,16 +16,30 @@ Layout (one `_Segment`; a snapshot is a large base segment with tombstones plus 
 Because rows are category-sorted, a category is one contiguous range (no id list to intersect with), the posting
 list of an attribute is sorted by row across all categories, and within a category row order is listing-id order.
 
-Search strategy (measured by bench/postings.py at 1M and 3M items, see the report in that file): the default,
-"category", scans the query's whole category range with the fused xor + popcount + top-k kernel. It is exact, and
-faster than any posting-list strategy at recall >= 0.95 because a scan reads 32 contiguous bytes per item at memory
-speed while posting lists cost a gather per item plus the merging of the lists. The "union", "vote" and
-"intersection" strategies are kept for measurement and for callers that want attribute-filtered results.
+Plus, per snapshot, a tombstone array dead: uint8 (n_base,) (copied on write by apply) and the delta's own columns.
+RAM at 256-bit codes, 52 colour bins and 10 attributes per item: 8 + 32 + 52 + 1 + 4 * 10 = 133 bytes per item.
 
-Colour is fused into the scan, not used to re-rank a Hamming shortlist: `top_k_blended` reads a row's colour only
-when its Hamming term alone can still beat the running k-th score, so it is exact for the blended score and costs
-little more than a Hamming scan for the colour weights we use, whereas re-ranking a shortlist loses recall as the
-weight grows.
+Search strategy, measured by bench/postings.py (synthetic catalogue: 19 categories of 1.8%..25% of the items, 8-12
+Zipf-drawn attributes per item out of ~90, codes correlated with category and attributes; 300 queries, k = 100):
+
+    strategy                 1M: recall@100  rows compared  p50 ms      3M: recall@100  p50 ms
+    category (default)            1.000          100%        0.67            1.000        1.17
+    union of attributes           1.000         99.9%        2.2             1.000        7.9
+    >= 2 / 3 / 4 attributes  1.000/0.998/0.980  99/91/71%    2.1-2.5    1.000/0.999/0.985  7.0-7.5
+    intersection                  0.003           0.0%        0.8             0.005        5.1
+
+Scanning the query's whole category range is exact and the fastest: the scan reads 32 contiguous bytes per item at
+memory speed, while any posting strategy first builds its candidate set (a bincount over the query's posting
+lists, ~10 entries per item) and then gathers rows, which costs more than it saves; popular attributes are on most
+items of a category, so unions and low vote thresholds prune almost nothing, and the intersection prunes everything.
+The posting strategies stay available (with a fall back to the category scan below min_candidates) for callers
+that want attribute-filtered results; the postings also answer which query attributes each hit has.
+
+Colour is fused into the scan rather than used to re-rank a Hamming shortlist: `top_k_blended` reads a row's colour
+only when its Hamming term alone can still beat the running k-th blended score, so it is exact for the blended
+score. Measured at 1M: re-ranking the Hamming top 2000 reaches recall 0.997 / 0.46 / 0.16 at colour weights
+0.1 / 0.3 / 0.5 (top 200: 0.79 / 0.14 / 0.03), while the fused scan is exact at 1.3 ms p50 against 0.67 ms for
+Hamming alone (about 6 ms p50 at 3M: with colour independent of the code the bound prunes little).
 """
 from __future__ import annotations
 
@@ -37,7 +51,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from shared.codes.binarize import n_bytes_for
-from shared.codes.hamming import top_k, top_k_blended, warm_up as _warm_up_kernels
+from shared.codes.hamming import top_k, top_k_blended, top_k_parallel, warm_up as _warm_up_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +64,7 @@ __all__ = [
     "arrays_from_rows",
     "arrays_from_columns",
     "items_from_cursor",
+    "load_items",
     "quantize_colours",
     "colour_distances",
     "BULK_LOAD_SQL",
@@ -255,10 +270,13 @@ def _check_array(name: str, a: Any, dtype: type, ndim: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # Rows <-> arrays: the one converter between what Postgres returns and what the snapshot holds.
 
-# The bulk-load query the daemon should run for the fast path (`items_from_cursor` recognises its 6-column rows):
-# keyset-paginated chunks, each chunk aggregated server-side into one row of columns. Codes and colours arrive as one
-# concatenated bytea each (np.frombuffer, no per-row objects), attributes as one comma-separated text (np.fromstring).
-# Parameters: generation_id, last listing_id seen (start below the smallest id), chunk size.
+# The bulk-load query the daemon should run (`load_items` runs it): keyset-paginated chunks, each aggregated
+# server-side into ONE row of columns, so the client handles a few large values per 100k listings instead of 5 Python
+# objects per listing. Codes and colours arrive as one concatenated bytea each (np.frombuffer), integers as
+# comma-separated text (parsed in C by np.fromstring). The aggregates carry no ORDER BY on purpose: they are computed
+# in one pass over the same rows, so all columns are in the same order whatever it is, and re-sorting each column
+# cost ~30% of the load; max(listing_id) is the keyset cursor for the next chunk.
+# Parameters: generation_id, after (the last chunk's max listing_id; start below every id), chunk (rows per chunk).
 BULK_LOAD_SQL = """
 WITH chunk AS (
     SELECT listing_id, category_id, attribute_ids, code, colour
@@ -267,13 +285,14 @@ WITH chunk AS (
     ORDER BY listing_id
     LIMIT %(chunk)s
 )
-SELECT string_agg(listing_id::text, ',' ORDER BY listing_id),
-       string_agg(category_id::text, ',' ORDER BY listing_id),
-       string_agg(cardinality(attribute_ids)::text, ',' ORDER BY listing_id),
-       string_agg(array_to_string(attribute_ids, ','), ',' ORDER BY listing_id)
-           FILTER (WHERE cardinality(attribute_ids) > 0),
-       string_agg(code, ''::bytea ORDER BY listing_id),
-       string_agg(colour, ''::bytea ORDER BY listing_id)
+SELECT string_agg(listing_id::text, ','),
+       string_agg(category_id::text, ','),
+       string_agg(cardinality(attribute_ids)::text, ','),
+       string_agg(array_to_string(attribute_ids, ','), ',') FILTER (WHERE cardinality(attribute_ids) > 0),
+       string_agg(code, ''::bytea),
+       string_agg(colour, ''::bytea),
+       max(listing_id),
+       count(*)
 FROM chunk
 """
 
@@ -392,8 +411,9 @@ def items_from_cursor(cursor: Any, *, n_bytes: int, n_bins: int, batch_rows: int
     """Drain an executed DB-API cursor into ItemArrays.
 
     Accepts either per-row results (5 columns: listing_id, category_id, attribute_ids, code, colour; use a
-    server-side cursor, e.g. psycopg2 `conn.cursor(name=...)`, so 1M rows are not held twice) or the aggregated
-    chunks of BULK_LOAD_SQL (6 columns, one row per chunk; the caller runs it once per chunk, passing the last id).
+    server-side cursor, e.g. psycopg2 `conn.cursor(name=...)`, so 1M rows are not held twice) or aggregated chunks
+    (the first 6 columns of BULK_LOAD_SQL, one row per chunk; extra columns are ignored). Per-row fetching is simple
+    but psycopg2 builds 5 objects per row: ~40-50k rows/s against ~200k+ for load_items on the same server.
     """
     parts: list[ItemArrays] = []
     while True:
@@ -403,16 +423,39 @@ def items_from_cursor(cursor: Any, *, n_bytes: int, n_bins: int, batch_rows: int
         width = len(batch[0])
         if width == 5:
             parts.append(arrays_from_rows(batch, n_bytes=n_bytes, n_bins=n_bins))
-        elif width == 6:
+        elif width >= 6:
             for row in batch:
                 if row[0] is None:  # an empty chunk aggregates to one row of NULLs
                     continue
-                parts.append(arrays_from_columns(*row, n_bytes=n_bytes, n_bins=n_bins))
+                parts.append(arrays_from_columns(*row[:6], n_bytes=n_bytes, n_bins=n_bins))
         else:
-            raise ValueError(f"expected rows of 5 columns (per row) or 6 (aggregated chunks), got {width}")
+            raise ValueError(f"expected rows of 5 columns (per row) or >= 6 (aggregated chunks), got {width}")
     if not parts:
         return ItemArrays.empty(n_bytes, n_bins)
     return ItemArrays.concatenate(parts)
+
+
+def load_items(
+    cursor: Any, *, generation_id: int, n_bytes: int, n_bins: int, chunk: int = 100_000, sql: str | None = None
+) -> ItemArrays:
+    """Bulk-load one generation's postings with BULK_LOAD_SQL (or `sql`, same parameters and columns), chunk by chunk.
+
+    cursor: a DB-API cursor (psycopg2) with pyformat parameters. Each round trip returns one row of aggregated
+    columns for up to `chunk` listings, keyset-paginated on listing_id, so neither side holds per-row objects.
+    """
+    query = BULK_LOAD_SQL if sql is None else sql
+    parts: list[ItemArrays] = []
+    after = -(2**63)
+    while True:
+        cursor.execute(query, {"generation_id": generation_id, "after": after, "chunk": chunk})
+        row = cursor.fetchone()
+        if row is None or row[0] is None:
+            break
+        parts.append(arrays_from_columns(*row[:6], n_bytes=n_bytes, n_bins=n_bins))
+        after = int(row[6])
+        if int(row[7]) < chunk:
+            break
+    return ItemArrays.concatenate(parts) if parts else ItemArrays.empty(n_bytes, n_bins)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -631,7 +674,7 @@ class _Segment:
 
 @dataclass(frozen=True)
 class Hit:
-    """One result. appearance_distance = hamming / n_bits in [0, 1]; colour_distance in [0, 1] (NaN: no query colour)."""
+    """One result. appearance_distance = hamming / n_bits, colour_distance in [0, 1] (NaN: no query colour)."""
 
     listing_id: int
     score: float
@@ -887,6 +930,7 @@ class IndexSnapshot:
         strategy: Strategy = "category",
         min_votes: int = 2,
         min_candidates: int = _DEFAULT_MIN_CANDIDATES,
+        threads: int = 1,
     ) -> SearchResult:
         """Ranked listings most similar to a query: hits [offset, offset + k) by (score, listing_id).
 
@@ -898,6 +942,8 @@ class IndexSnapshot:
         "category" every row of the category (exact, the default); "union" rows having any of attribute_ids;
         "vote" rows having at least min_votes of them; "intersection" rows having all of them. A posting strategy
         with fewer than min_candidates candidates (per segment) falls back to "category".
+        threads > 1 splits large Hamming-only range scans (category None, or a category of millions of rows) across
+        that many threads (shared.codes.hamming.top_k_parallel); results are identical.
         """
         q = self._query_code(code)
         qc = _query_colour(colour, self.n_bins)
@@ -936,7 +982,11 @@ class IndexSnapshot:
             # search over every category walks several id ranges.
             span = {"start": lo, "stop": hi} if rows is None else {"rows": rows}
             if w == 0.0:
-                d, r = top_k(q, seg.codes, depth, ids=seg.ids, exclude=exclude, **span)
+                if threads > 1 and rows is None:
+                    d, r = top_k_parallel(q, seg.codes, depth, ids=seg.ids, exclude=exclude, n_threads=threads,
+                                          **span)
+                else:
+                    d, r = top_k(q, seg.codes, depth, ids=seg.ids, exclude=exclude, **span)
                 s, cl1 = d / float(self.n_bits), None
             else:
                 s, d, cl1, r = top_k_blended(

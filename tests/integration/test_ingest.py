@@ -47,7 +47,8 @@ def test_new_listing_is_searchable_then_deleted(live_system, engine):
     assert r.status_code == 202, r.text
     lid = r.json()["listing_id"]
     t0 = time.monotonic()
-    while lid not in _search_ids(api, photo, k=5):
+    # The seller's title says "top", so the listing is indexed under "top": search that category (option 2).
+    while lid not in _search_ids(api, photo, k=5, category="top"):
         assert time.monotonic() - t0 < 30, "listing not searchable within 30 s"
         time.sleep(0.2)
     shown = requests.get(f"{api}/v1/listings/{lid}", timeout=10).json()
@@ -58,7 +59,7 @@ def test_new_listing_is_searchable_then_deleted(live_system, engine):
     assert again.status_code == 200 and again.json()["job_id"] is None
     assert requests.delete(f"{api}/v1/listings/{lid}", timeout=10).status_code == 202
     t0 = time.monotonic()
-    while lid in _search_ids(api, photo, k=5):
+    while lid in _search_ids(api, photo, k=5, category="top"):
         assert time.monotonic() - t0 < 10, "deleted listing still searchable after 10 s"
         time.sleep(0.2)
     assert requests.get(f"{api}/v1/listings/{lid}", timeout=10).json()["status"] == "deleted"

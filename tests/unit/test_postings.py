@@ -1,4 +1,4 @@
-"""IndexSnapshot: build, search against brute force, filters, postings, apply() copy-on-write, paging, rows <-> arrays."""
+"""IndexSnapshot: build, search vs brute force, filters, postings, copy-on-write apply(), paging, rows <-> arrays."""
 from __future__ import annotations
 
 import numpy as np
@@ -111,6 +111,20 @@ def test_posting_strategies_select_by_attributes(items: ItemArrays, snap: IndexS
                      min_candidates=len(in_cat) + 1)
     assert fb.strategy == "category" and fb.scanned == len(in_cat)
     np.testing.assert_array_equal(fb.listing_ids, full.listing_ids[:10])
+
+
+def test_threads_give_identical_results() -> None:
+    rng = np.random.default_rng(8)
+    n = 600_000  # large enough for top_k_parallel to split the scan
+    pool = rng.integers(0, 256, size=(50, 32), dtype=np.uint8)
+    items = ItemArrays(rng.permutation(n).astype(np.int64) * 3, rng.integers(1, 4, n), np.zeros(n + 1, np.int64),
+                       np.empty(0, np.int64), np.ascontiguousarray(pool[rng.integers(0, 50, n)]),
+                       np.zeros((n, 4), np.uint8))
+    snap = IndexSnapshot.from_items(items, generation=1)
+    one = snap.search(code=items.codes[4], k=300)
+    two = snap.search(code=items.codes[4], k=300, threads=2)
+    np.testing.assert_array_equal(one.listing_ids, two.listing_ids)
+    np.testing.assert_array_equal(one.hamming, two.hamming)
 
 
 def test_offset_pages_tile_the_ranking(items: ItemArrays, snap: IndexSnapshot) -> None:
