@@ -5,12 +5,15 @@ import numpy as np
 import pytest
 
 from shared.index.postings import (
+    BULK_LOAD_SQL,
     IndexSnapshot,
     ItemArrays,
     arrays_from_columns,
+    arrays_from_records,
     arrays_from_rows,
     colour_distances,
     items_from_cursor,
+    load_items,
     quantize_colours,
 )
 
@@ -279,7 +282,16 @@ def test_arrays_from_rows_round_trip(items: ItemArrays) -> None:
         arrays_from_rows(bad, n_bytes=32, n_bins=N_BINS)
 
 
-def test_arrays_from_columns_and_cursor(items: ItemArrays) -> None:
+def _records(part: ItemArrays) -> tuple[bytes, str | None]:
+    """What one chunk of BULK_LOAD_SQL returns for these items: big-endian records + attribute ids as text."""
+    rec = np.zeros(len(part), dtype=[("id", ">i8"), ("cat", ">i2"), ("n_attr", ">i2"), ("code", "u1", (32,)),
+                                     ("colour", "u1", (N_BINS,))])
+    rec["id"], rec["cat"], rec["n_attr"] = part.ids, part.category_ids, np.diff(part.attr_offsets)
+    rec["code"], rec["colour"] = part.codes, part.colours
+    return rec.tobytes(), (",".join(map(str, part.attribute_ids.tolist())) or None)
+
+
+def test_arrays_from_columns_and_records(items: ItemArrays) -> None:
     part = items.take(np.arange(500))
     o = part.attr_offsets
     chunk = (
@@ -291,8 +303,16 @@ def test_arrays_from_columns_and_cursor(items: ItemArrays) -> None:
         part.colours.tobytes(),
     )
     _same_items(arrays_from_columns(*chunk, n_bytes=32, n_bins=N_BINS), part)
+    records, attrs = _records(part)
+    _same_items(arrays_from_records(memoryview(records), attrs, n_bytes=32, n_bins=N_BINS), part)
+    with pytest.raises(ValueError, match="not a multiple of 96"):
+        arrays_from_records(records[:-1], attrs, n_bytes=32, n_bins=N_BINS)
+    with pytest.raises(ValueError, match="attribute counts add up to"):
+        arrays_from_records(records, attrs + ",5", n_bytes=32, n_bins=N_BINS)
 
-    class ListCursor:  # the DB-API surface items_from_cursor uses
+
+def test_items_from_cursor_and_load_items(items: ItemArrays) -> None:
+    class ListCursor:  # the DB-API surface items_from_cursor uses (fetchmany over per-row results)
         def __init__(self, rows: list[tuple]) -> None:
             self.rows = rows
 
@@ -301,8 +321,25 @@ def test_arrays_from_columns_and_cursor(items: ItemArrays) -> None:
             return out
 
     _same_items(items_from_cursor(ListCursor(_pg_rows(items)), n_bytes=32, n_bins=N_BINS, batch_rows=700), items)
-    null_chunk = (None,) * 6
-    _same_items(items_from_cursor(ListCursor([chunk, null_chunk]), n_bytes=32, n_bins=N_BINS), part)
-    snap = IndexSnapshot.from_items(items_from_cursor(ListCursor(_pg_rows(items)), n_bytes=32, n_bins=N_BINS),
-                                    generation=1)
-    assert snap.n_items == len(items)
+    assert len(items_from_cursor(ListCursor([]), n_bytes=32, n_bins=N_BINS)) == 0
+
+    class ChunkCursor:  # answers BULK_LOAD_SQL's keyset pagination the way Postgres does (verified against PG 16)
+        def __init__(self, src: ItemArrays) -> None:
+            self.src = src.take(np.argsort(src.ids))
+            self.calls: list[dict] = []
+
+        def execute(self, sql: str, params: dict) -> None:
+            assert sql == BULK_LOAD_SQL
+            self.calls.append(params)
+            sel = np.flatnonzero(self.src.ids > params["after"])[: params["chunk"]]
+            part = self.src.take(sel)
+            self.row = (*_records(part), int(part.ids.max()), len(part)) if len(part) else (None, None, None, 0)
+
+        def fetchone(self) -> tuple:
+            return self.row
+
+    cur = ChunkCursor(items)
+    got = load_items(cur, generation_id=4, n_bytes=32, n_bins=N_BINS, chunk=700)
+    _same_items(got, cur.src)
+    assert len(cur.calls) == 5 and all(c["generation_id"] == 4 for c in cur.calls)  # 3000 rows: 4 full + 1 short
+    assert IndexSnapshot.from_items(got, generation=1).n_items == len(items)

@@ -1,0 +1,83 @@
+"""The README's main command, as a user runs it: `lookalike up` starts everything on embedded servers,
+indexes the sample catalogue, serves the storefront, stops cleanly and reuses its state next time."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import requests
+
+from shared.config import REPO_ROOT
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _run_up(env: dict[str, str], limit: int) -> tuple[subprocess.Popen, str, float]:
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "up", "--limit", str(limit)], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    t0 = time.monotonic()
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if "Search at:" in line:
+            return proc, "".join(out), time.monotonic() - t0
+        if time.monotonic() - t0 > 600:
+            break
+    proc.kill()
+    raise AssertionError("no search URL printed:\n" + "".join(out)[-3000:])
+
+
+def _leftovers(var_dir) -> list[str]:
+    """Processes still tied to this run: servers with the folder on their command line, or any process whose
+    environment names it (our worker, daemon and API children)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if str(var_dir) in cmd or p.environ().get("LOOKALIKE_VAR_DIR") == str(var_dir):
+                found.append(f"{p.pid} {cmd}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.mark.skipif(bool(os.environ.get("LOOKALIKE_TEST_DATABASE_URL")), reason="runs on embedded servers only")
+def test_up_indexes_serves_stops_and_reuses_state(tmp_path):
+    var_dir = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
+    env.update({"LOOKALIKE_VAR_DIR": str(var_dir), "LOOKALIKE_API_PORT": str(free_port()),
+                "LOOKALIKE_INDEX_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
+    if os.environ.get("LOOKALIKE_MODELS_DIR"):
+        env["LOOKALIKE_MODELS_DIR"] = os.environ["LOOKALIKE_MODELS_DIR"]
+    proc, out, first_s = _run_up(env, limit=12)
+    try:
+        url = out.rsplit("Search at:", 1)[1].split()[0]
+        page = requests.get(url, timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        photo = (REPO_ROOT / "sample" / "images").glob("*.jpg").__next__().read_bytes()
+        r = requests.post(f"{url.rstrip('/')}/v1/search", files={"image": ("q.jpg", photo)}, timeout=60)
+        assert r.status_code == 200 and r.json()["index"]["items"] == 12
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, rest[-2000:]
+    assert "stopped" in rest
+    time.sleep(1)
+    assert _leftovers(var_dir) == []
+    # Second run: same data folder, nothing to re-index.
+    proc, out, second_s = _run_up(env, limit=12)
+    try:
+        url = out.rsplit("Search at:", 1)[1].split()[0]
+        ready = requests.get(f"{url.rstrip('/')}/readyz", timeout=10).json()
+        assert ready["checks"]["index"]["items"] == 12
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert _leftovers(var_dir) == []
