@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from index_daemon import loader
 from index_daemon.holder import SnapshotHolder
-from shared.index.postings import IndexSnapshot, ItemArrays
+from shared.index.postings import IndexSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -26,25 +26,6 @@ class EmptySnapshot:
         self.generation = generation
 
 
-def _items(arrays: loader.PostingArrays) -> ItemArrays:
-    # Colours arrive as uint8, already quantised by the pipeline.
-    return ItemArrays.create(arrays.ids, arrays.category_ids, (arrays.attr_offsets, arrays.attr_values),
-                             arrays.codes, arrays.colours)
-
-
-def snapshot_from_arrays(arrays: loader.PostingArrays, *, generation: int,
-                         sequence: int) -> IndexSnapshot | EmptySnapshot:
-    if arrays.n == 0:
-        return EmptySnapshot(generation)
-    return IndexSnapshot.from_items(_items(arrays), generation=generation, sequence=sequence)
-
-
-def apply_delta(snapshot: IndexSnapshot, arrays: loader.PostingArrays, deleted: list[int],
-                sequence: int) -> IndexSnapshot:
-    upserts = _items(arrays) if arrays.n else None
-    return snapshot.apply(upserts, np.asarray(deleted, dtype=np.int64), sequence=sequence)
-
-
 class Reloader:
     def __init__(self, engine: Engine, holder: SnapshotHolder, *, poll_s: float) -> None:
         self.engine, self.holder, self.poll_s = engine, holder, poll_s
@@ -54,8 +35,9 @@ class Reloader:
     def full_load(self) -> None:
         t0 = time.perf_counter()
         self.holder.state.status = "loading" if self.holder.current() is None else self.holder.state.status
-        gen, model_version, last_seq, arrays = loader.load_generation(self.engine)
-        snap = snapshot_from_arrays(arrays, generation=gen or 0, sequence=last_seq)
+        gen, model_version, last_seq, items = loader.load_generation(self.engine)
+        snap = (EmptySnapshot(gen or 0) if items is None or len(items) == 0
+                else IndexSnapshot.from_items(items, generation=gen, sequence=last_seq))
         elapsed = time.perf_counter() - t0
         self.holder.swap(snap, status="ready", generation=gen, model_version=model_version, last_seq=last_seq,
                          loaded_at=time.time(), load_seconds=elapsed, error=None)
@@ -75,11 +57,14 @@ class Reloader:
         if isinstance(self.holder.current(), EmptySnapshot):
             self.full_load()  # the first postings: now the code width is known
             return len(batch.upserted) + len(batch.deleted)
-        arrays = (loader.fetch_postings(self.engine, st.generation, listing_ids=batch.upserted)
-                  if batch.upserted else loader.empty_arrays(0, 0))
+        current = self.holder.current()
+        items = loader.fetch_postings(self.engine, st.generation, batch.upserted, n_bytes=current.n_bytes,
+                                      n_bins=current.n_bins) if batch.upserted else None
         # An upsert whose posting is gone by now was deleted since: treat it as a delete.
-        missing = sorted(set(batch.upserted) - set(arrays.ids.tolist()))
-        snap = apply_delta(self.holder.current(), arrays, batch.deleted + missing, batch.last_seq)
+        found = set() if items is None else set(items.ids.tolist())
+        missing = sorted(set(batch.upserted) - found)
+        deletes = np.asarray(batch.deleted + missing, dtype=np.int64)
+        snap = current.apply(items if items is not None and len(items) else None, deletes, sequence=batch.last_seq)
         self.holder.swap(snap, last_seq=batch.last_seq)
         return len(batch.upserted) + len(batch.deleted)
 

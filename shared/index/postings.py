@@ -23,10 +23,11 @@ Search strategy, measured by bench/postings.py (synthetic catalogue: 19 categori
 Zipf-drawn attributes per item out of ~90, codes correlated with category and attributes; 300 queries, k = 100):
 
     strategy                 1M: recall@100  rows compared  p50 ms      3M: recall@100  p50 ms
-    category (default)            1.000          100%        0.67            1.000        1.17
-    union of attributes           1.000         99.9%        2.2             1.000        7.9
-    >= 2 / 3 / 4 attributes  1.000/0.998/0.980  99/91/71%    2.1-2.5    1.000/0.999/0.985  7.0-7.5
-    intersection                  0.003           0.0%        0.8             0.005        5.1
+    category (default)            1.000          100%        0.63            1.000        1.01
+    union of attributes           1.000         99.9%        3.0             1.000        7.3
+    >= 2 / 3 / 4 attributes  1.000/0.998/0.980  99/91/71%    2.0-2.3    1.000/0.999/0.985  6.9-7.4
+    intersection                  0.003           0.0%        0.9             0.005        5.3
+    (2-core dev box shared with other jobs, load ~5; p95 is dominated by that load: ~5-6 ms for every strategy)
 
 Scanning the query's whole category range is exact and the fastest: the scan reads 32 contiguous bytes per item at
 memory speed, while any posting strategy first builds its candidate set (a bincount over the query's posting
@@ -38,8 +39,9 @@ that want attribute-filtered results; the postings also answer which query attri
 Colour is fused into the scan rather than used to re-rank a Hamming shortlist: `top_k_blended` reads a row's colour
 only when its Hamming term alone can still beat the running k-th blended score, so it is exact for the blended
 score. Measured at 1M: re-ranking the Hamming top 2000 reaches recall 0.997 / 0.46 / 0.16 at colour weights
-0.1 / 0.3 / 0.5 (top 200: 0.79 / 0.14 / 0.03), while the fused scan is exact at 1.3 ms p50 against 0.67 ms for
-Hamming alone (about 6 ms p50 at 3M: with colour independent of the code the bound prunes little).
+0.1 / 0.3 / 0.5 (top 200: 0.79 / 0.14 / 0.03), while the fused scan is exact at 1.25 ms p50 (Hamming alone 0.63).
+At 3M it is ~5.5 ms p50: with synthetic colours independent of the code the bound prunes little and the scan reads
+32 + 52 bytes per row at memory speed; real colours correlate with appearance, which prunes more.
 """
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ _STRATEGIES = ("category", "union", "vote", "intersection")
 _COLOUR_SCALE = 255.0
 _COLOUR_L1_SCALE = 2.0 * _COLOUR_SCALE
 # A delta larger than this (items) or this share of the base is merged into a new base by apply(): the delta is
-# rebuilt on every apply (O(delta)), a merge is O(n); these keep both well under the 200 ms apply period at 1-3M.
+# rebuilt on every apply (O(delta): ~40 ms at 20k listings), a merge is O(n) (~0.4-1 s at 1M, see apply()).
 _MERGE_MIN_ITEMS = 20_000
 _MERGE_FRACTION = 0.02
 # Tombstones waste scan time and RAM; past this share of the base, merge even if the delta is small.
@@ -277,7 +279,7 @@ def _check_array(name: str, a: Any, dtype: type, ndim: int) -> None:
 #     listing_id int64 | category_id int16 | n_attributes int16 | code (n_bytes) | colour (n_bins)
 # concatenated into one bytea (np.frombuffer with a structured dtype, no per-row work), and the attribute ids as
 # one comma-separated text (parsed in C by np.fromstring). Measured on the 2-core dev box with Postgres 16 on the
-# same machine: 1M listings in ~5 s, bounded by the server's aggregation; per-row fetching manages ~45-50k/s.
+# same machine: 1M listings in ~5 s, bounded by the server's aggregation; per-row fetching manages ~45-63k/s.
 # The aggregates carry no ORDER BY on purpose: one aggregate pass sees the rows in one order, so records and
 # attributes line up whatever it is (and re-sorting per aggregate cost ~30%); max(listing_id) is the keyset cursor.
 # Parameters: generation_id, after (the last chunk's max listing_id; start below every id), chunk (rows per chunk).
@@ -437,8 +439,8 @@ def items_from_cursor(cursor: Any, *, n_bytes: int, n_bins: int, batch_rows: int
     """Drain an executed DB-API cursor of per-row results into ItemArrays.
 
     Rows: (listing_id, category_id, attribute_ids, code, colour). Use a server-side cursor (psycopg2
-    `conn.cursor(name=...)`) so 1M rows are not held twice. Simple, but psycopg2 builds 5 objects per row: ~45-50k
-    rows/s on the dev box, against ~175-215k for load_items on the same server. For deltas, not for bulk loads.
+    `conn.cursor(name=...)`) so 1M rows are not held twice. Simple, but psycopg2 builds 5 objects per row: ~45-63k
+    rows/s on the dev box, against ~180-205k for load_items on the same server. For deltas, not for bulk loads.
     """
     parts: list[ItemArrays] = []
     while True:
@@ -830,9 +832,13 @@ class IndexSnapshot:
 
         upserts: new or changed items (a changed listing may move category, code, colour or attributes; its old row
         is tombstoned). deletes: listing ids to remove (absent ids are ignored, so replays are harmless). A listing
-        may not be in both: collapse the change log to each listing's latest state first. Cost is O(delta) plus a
-        copy of the n-byte tombstone array; when the delta or the tombstones grow past a threshold (or merge=True)
-        base and delta are merged into a fresh base, O(n log n).
+        may not be in both: collapse the change log to each listing's latest state first.
+        Cost: ~2 ms for a 100-listing delta at 1-3M items (a copy of the 1-byte-per-row tombstone array plus a
+        rebuild of the delta segment, which grows to ~40 ms as the delta nears 20k listings). merge=None merges base
+        and delta once `needs_merge` (delta > max(20k, 2% of base) or tombstones > 10%): O(n) scatters, ~0.4-1 s at
+        1M and ~1.5-2.7 s at 3M here. To keep the 2 s freshness during a merge, the daemon can pass merge=False on
+        its 200 ms loop and build `snapshot.apply(merge=True)` in a background thread, then re-apply the changes
+        with a sequence above that snapshot's `sequence` before swapping it in.
         """
         upserts = upserts if upserts is not None else ItemArrays.empty(self._n_bytes, self.n_bins)
         if upserts.n_bytes != self._n_bytes or upserts.n_bins != self.n_bins:
