@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lookalike.system import die_with_parent
 from shared.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -84,12 +85,12 @@ class EmbeddedServices:
 
         pgdata = self.var_dir / "pg"
         pgdata.mkdir(parents=True, exist_ok=True)
-        was_running = (pgdata / "postmaster.pid").exists() and self._pg_running(pgdata)
         # cleanup_mode=None: pgserver must not stop the server at interpreter exit; we stop it in stop().
+        # A server already running here was left by an owner that died (live owners are attached to, not
+        # started again), so this process adopts it and stops it at the end.
         server = pgserver.get_server(pgdata, cleanup_mode=None)
         self._pg_pid = server.get_pid()
-        if not was_running:
-            self.owned.append("postgres")
+        self.owned.append("postgres")
         admin_uri = server.get_uri()
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
         if "1 row" not in exists:
@@ -137,7 +138,7 @@ class EmbeddedServices:
                "--pidfile", str(rdir / "redis.pid"), "--daemonize", "no"]
         # Own session: a Ctrl-C in the terminal reaches the supervisor, which then stops Redis in order.
         self._redis_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + 15
         while not _redis_ping(port):
             if self._redis_proc.poll() is not None or time.monotonic() > deadline:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import requests
 
+from lookalike.system import die_with_parent
 from shared.config import Settings, load_settings
 
 logger = logging.getLogger("lookalike")
@@ -99,7 +100,7 @@ class Child:
         log = open(self.log_path, "ab")
         # Own session: a terminal Ctrl-C reaches only the supervisor, which stops children in order.
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
         log.close()
 
     def alive(self) -> bool:

@@ -15,6 +15,18 @@ import requests
 from shared.config import REPO_ROOT, Settings, to_environ
 
 ROLES = ("worker", "indexd", "api")
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the kernel sends SIGTERM to the child if its parent dies, even by SIGKILL, so a killed
+    supervisor or test run leaves no orphan worker, daemon or API behind (Linux only; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 @dataclass
@@ -41,7 +53,7 @@ class LiveSystem:
         log = open(self.log_dir / f"{role}.log", "ab")
         self.procs[role] = subprocess.Popen([sys.executable, "-m", "lookalike", role], env=self.env(),
                                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=die_with_parent)
         log.close()
 
     def kill(self, role: str, sig: int = signal.SIGKILL) -> None:

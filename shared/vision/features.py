@@ -33,7 +33,7 @@ from shared.vision import presets
 
 # Version of the shipped feature configuration (encoder, layers, pooling, projection, colour bins). Codes and colour
 # histograms of two versions are not comparable: a new version means a reindex.
-FEATURES_VERSION = "effl0-imnet.s16s32-avg.pca256.hsv52-v1"
+FEATURES_VERSION = "effl0-imnet.in224.s16s32-avgmax.itq256.flat2.hsv52-v1"
 FEATURES_DIR = "features"  # folder name under settings.models_dir
 
 Box = tuple[float, float, float, float]
@@ -96,6 +96,8 @@ def foreground_mask(rgb: np.ndarray) -> np.ndarray:
     return fg
 
 
+# Bump when isolate_item's behaviour changes (cached encoder outputs are keyed by it).
+ISOLATE_VERSION = 2
 # The item mask for background flattening is computed on a thumbnail this size (cheap; scaled back up).
 _MASK_SIDE = 128
 _SEAM_PX = 3  # thumbnail pixels
@@ -113,6 +115,30 @@ def _border_median(rgb: np.ndarray) -> np.ndarray:
 def _is_whiteish(colour: np.ndarray) -> bool:
     """Light and unsaturated: white to light grey (a studio backdrop under brightness changes)."""
     return float(colour.min()) >= 170 and float(colour.max() - colour.min()) <= 30
+
+
+def _trim_box(mask: np.ndarray, y0: int, y1: int, x0: int, x1: int, *, max_frac: float = 0.2,
+              min_fill: float = 0.5) -> tuple[int, int, int, int]:
+    """Move each side of the box inwards while its edge line is less than `min_fill` mask, by at most `max_frac`
+    of the box's size per side (what JPEG ringing along a padding seam leaves is a sparse band, an item edge is not)."""
+    steps_y, steps_x = int(max_frac * (y1 - y0)), int(max_frac * (x1 - x0))
+    for _ in range(steps_y):
+        if y1 - y0 <= 8 or mask[y0, x0:x1].mean() >= min_fill:
+            break
+        y0 += 1
+    for _ in range(steps_y):
+        if y1 - y0 <= 8 or mask[y1 - 1, x0:x1].mean() >= min_fill:
+            break
+        y1 -= 1
+    for _ in range(steps_x):
+        if x1 - x0 <= 8 or mask[y0:y1, x0].mean() >= min_fill:
+            break
+        x0 += 1
+    for _ in range(steps_x):
+        if x1 - x0 <= 8 or mask[y0:y1, x1 - 1].mean() >= min_fill:
+            break
+        x1 -= 1
+    return y0, y1, x0, x1
 
 
 def isolate_item(crop: Image.Image, *, passes: int = 2) -> Image.Image:
@@ -140,19 +166,22 @@ def isolate_item(crop: Image.Image, *, passes: int = 2) -> Image.Image:
         if not opened.any():
             opened = fg
         ys, xs = np.nonzero(opened.any(axis=1))[0], np.nonzero(opened.any(axis=0))[0]
+        by0, by1, bx0, bx1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+        # A white (or brightened/dimmed white) backdrop is the studio's: the item is found after this pass. A
+        # coloured one (padding, a seller's sheet) may hide a white one inside it, and its seam carries JPEG
+        # ringing wider than the opening removes: trim box edges that are mostly not item.
+        whiteish = _is_whiteish(_border_median(rgb[y0:y1, x0:x1]))
+        if not whiteish:
+            by0, by1, bx0, bx1 = _trim_box(opened, by0, by1, bx0, bx1)
         # Thin structures in a band along the new box's edge are seam fringes: paint them too.
         band = np.ones_like(fg)
-        band[ys[0] + _SEAM_PX:ys[-1] + 1 - _SEAM_PX, xs[0] + _SEAM_PX:xs[-1] + 1 - _SEAM_PX] = False
+        band[by0 + _SEAM_PX:by1 - _SEAM_PX, bx0 + _SEAM_PX:bx1 - _SEAM_PX] = False
         keep[y0:y1, x0:x1] &= fg & ~(band & ~opened)
-        # The next pass looks inside the new box, minus the seam band.
-        ny0, ny1 = y0 + ys[0] + _SEAM_PX, y0 + ys[-1] + 1 - _SEAM_PX
-        nx0, nx1 = x0 + xs[0] + _SEAM_PX, x0 + xs[-1] + 1 - _SEAM_PX
-        keep[:y0 + ys[0]], keep[y0 + ys[-1] + 1:], keep[:, :x0 + xs[0]], keep[:, x0 + xs[-1] + 1:] = (
-            False, False, False, False)
+        keep[:y0 + by0], keep[y0 + by1:], keep[:, :x0 + bx0], keep[:, x0 + bx1:] = False, False, False, False
         changed = True
-        # A white (or brightened/dimmed white) backdrop is the studio's: the item is found, stop. Only a coloured
-        # backdrop (padding, a seller's coloured sheet) may hide a second, white one inside it.
-        if _is_whiteish(_border_median(rgb[y0:y1, x0:x1])) or ny1 - ny0 < 8 or nx1 - nx0 < 8:
+        # The next pass looks inside the new box, minus the seam band.
+        ny0, ny1, nx0, nx1 = y0 + by0 + _SEAM_PX, y0 + by1 - _SEAM_PX, x0 + bx0 + _SEAM_PX, x0 + bx1 - _SEAM_PX
+        if whiteish or ny1 - ny0 < 8 or nx1 - nx0 < 8:
             break
         y0, y1, x0, x1 = ny0, ny1, nx0, nx1
     if not changed or not keep.any():
@@ -386,6 +415,9 @@ class FeatureExtractor:
         if not manifest_path.exists():
             raise FileNotFoundError(f"no feature configuration at {folder} (manifest.json missing)")
         meta = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if meta.get("flatten_background", True) and int(meta.get("isolate_version", ISOLATE_VERSION)) != ISOLATE_VERSION:
+            raise ValueError(f"{folder} was fitted with isolate_item v{meta['isolate_version']}, code has "
+                             f"v{ISOLATE_VERSION}: refit it (lookalike train features)")
         tensors = load_file(str(folder / meta.get("file", "projection.safetensors")))
         if encoder is None:
             encoder = build_feature_encoder(meta["encoder"])

@@ -19,7 +19,7 @@ from shared.config import REPO_ROOT
 from shared.taxonomy import load_source_labels
 from shared.taxonomy.labels import load_labeled
 from shared.vision import presets
-from shared.vision.features import Box, colour_histogram, isolate_item, pooled_maps
+from shared.vision.features import ISOLATE_VERSION, Box, colour_histogram, isolate_item, pooled_maps
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,8 @@ def cached_pooled(encoder: nn.Module, items: Sequence[RetrievalItem], *, variant
     flatten = flatten and variant != "roipool"
     key_parts = (encoder_tag(encoder), data_tag(data_dir), variant, input_size, tuple(layers), colour_mask,
                  ALTER_SEED, [it.id for it in items]) + (("flat",) if flatten else ())
+    if flatten and ISOLATE_VERSION > 1:
+        key_parts += (f"isolate{ISOLATE_VERSION}",)
     key = hashlib.sha1(repr(key_parts).encode()).hexdigest()[:16]
     folder = CACHE_DIR / f"{variant}-{input_size}-{key}"
     folder.mkdir(parents=True, exist_ok=True)
