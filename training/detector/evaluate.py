@@ -26,7 +26,6 @@ import torch
 from tqdm import tqdm
 
 from shared.config import load_settings
-from shared.taxonomy import load_taxonomy
 from shared.vision import roi
 from training.detector import data as ddata
 from training.detector import engine

@@ -119,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
                                  rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
                                  box_batch_size_per_image=128)
     net.to(device)
-    params = [p for p in net.parameters() if p.requires_grad]
     roi.freeze_backbone_bn_and_stem(net)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
