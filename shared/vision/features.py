@@ -375,6 +375,7 @@ class FeatureExtractor:
     flatten_background: bool = True
     version: str = FEATURES_VERSION
     meta: dict[str, Any] | None = None
+    path: Path | None = None  # the folder it was loaded from
 
     def __post_init__(self) -> None:
         if self.mean.dtype != np.float32 or self.projection.dtype != np.float32:
@@ -428,7 +429,7 @@ class FeatureExtractor:
                    pooling=str(meta["pooling"]), colour_weight=float(meta["colour_weight"]),
                    use_colour_mask=bool(meta.get("colour_mask", True)),
                    flatten_background=bool(meta.get("flatten_background", True)), version=str(meta["version"]),
-                   meta=meta)
+                   meta=meta, path=folder)
 
 
 def default_features_dir() -> Path:

@@ -161,5 +161,9 @@ def load_attribute_network(path: str | Path | None = None, *, device: str | torc
     state = load_file(str(folder / "model.safetensors"))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     net.to(device).eval()
+    if torch.device(device).type == "cpu":
+        # channels_last convolutions are about 20% faster on CPU at batch 1 (measured at 160 px, one thread).
+        net.encoder.to(memory_format=torch.channels_last)
+        net.channels_last = True
     return LoadedNetwork(net=net, meta=meta, taxonomy_version=meta["taxonomy_version"],
                          input_size=int(meta["preprocessing"]["input_size"]))

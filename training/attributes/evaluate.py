@@ -64,7 +64,8 @@ def evaluate_split(loaded, samples: list[D.Sample], *, beam: int, batch_size: in
     nll_sum, n_tok = 0.0, 0
     for lo in tqdm(range(0, len(samples), batch_size), desc="evaluate", leave=False, file=sys.stderr):
         chunk = samples[lo: lo + batch_size]
-        x = images_to_batch([D.load_image(s) for s in chunk], loaded.input_size).to(dev)
+        x = images_to_batch([D.load_image(s) for s in chunk], loaded.input_size,
+                            channels_last=getattr(net, "channels_last", False)).to(dev)
         emb, _ = net.encode(x)
         ctx = net.context(emb)
         toks = pad_sequences([s.tokens for s in chunk]).to(dev)

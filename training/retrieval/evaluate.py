@@ -186,6 +186,23 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def record(extractor: FeatureExtractor, res: dict, argv: list[str]) -> None:
+    """Store the figures in the manifest next to the projection they measure."""
+    from datetime import datetime, timezone
+
+    from shared.vision.features import default_features_dir
+
+    folder = extractor.path or default_features_dir()
+    path = folder / "manifest.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("version") != extractor.version:
+        raise SystemExit(f"{path} holds {meta.get('version')}, not the measured {extractor.version}")
+    meta[f"{res['config']['split']}_metrics"] = {
+        "command": "lookalike evaluate retrieval " + " ".join(argv), "measured_at":
+        datetime.now(timezone.utc).isoformat(timespec="seconds"), **{k: v for k, v in res.items() if k != "config"}}
+    path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lookalike evaluate retrieval", description=__doc__.split("\n")[0])
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -197,6 +214,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-images", type=int, default=50, help="images timed for latency (0 = skip)")
     p.add_argument("--no-roipool", action="store_true", help="skip the crop vs ROI-pooling comparison")
     p.add_argument("--no-cache", action="store_true", help="recompute encoder outputs instead of var/retrieval/")
+    p.add_argument("--record", action="store_true",
+                   help="also write the figures into the feature configuration's manifest.json (test_metrics)")
     return p
 
 
@@ -208,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     extractor = FeatureExtractor.load(args.features)
     res = evaluate(extractor, data_dir, split=args.split, batch_size=args.batch_size, use_cache=not args.no_cache,
                    latency_images=args.latency_images, roipool=not args.no_roipool)
+    if args.record:
+        record(extractor, res, argv if argv is not None else sys.argv[1:])
     if args.json:
         print(json.dumps(res))
     else:

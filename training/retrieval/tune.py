@@ -211,6 +211,7 @@ def write_features_dir(out_dir: Path, *, mean: np.ndarray, proj: np.ndarray, met
     save_file({"mean": mean.astype(np.float16), "projection": np.ascontiguousarray(proj.astype(np.float16))},
               str(out_dir / "projection.safetensors"), metadata={"version": meta["version"]})
     (out_dir / "manifest.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "projection.safetensors").chmod(0o644)
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -298,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         "distance": "(1 - w) * hamming / n_bits + w * 0.5 * L1(colour histograms)",
         "preprocessing": {"roi": "crop, isolate_item (plain backdrop painted white, tightened) unless --no-flatten, "
                                  "letterbox on white", "normalize": "(x - 127) / 128",
-                          "pooled": "masked average over the crop's cells, per-layer L2 norm, concatenated"},
+                          "pooled": ("masked average" if args.pooling == "avg" else "masked average and max")
+                          + " over the crop's cells of the stride-16 and stride-32 maps, each part L2-normalised, "
+                            "concatenated"},
         "taxonomy_version": load_taxonomy().version,
         "data_hash": data_tag(data_dir),
         "seed": SEED,
