@@ -3,6 +3,7 @@ LOOKALIKE_TEST_REDIS_URL name), a migrated `_test` database, and per-test rollba
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,8 @@ def embedded_services():
         return
     from lookalike.services import EmbeddedServices
 
-    services = EmbeddedServices(var_dir=REPO_ROOT / "var" / "test-services")
+    # One folder per test run, so two runs on one machine never stop each other's servers.
+    services = EmbeddedServices(var_dir=REPO_ROOT / "var" / "test-services" / f"run-{os.getpid()}")
     services.var_dir.mkdir(parents=True, exist_ok=True)
     services.start_postgres()
     services.start_redis()
@@ -40,6 +42,7 @@ def embedded_services():
         yield services
     finally:
         services.stop()
+        shutil.rmtree(services.var_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -527,7 +527,8 @@
   }
 
   function showError(message) {
-    el.error.textContent = message;
+    // The API's messages start in lower case ("file is text, not an image; ..."): a sentence reads better.
+    el.error.textContent = message.charAt(0).toUpperCase() + message.slice(1);
     el.error.hidden = false;
   }
 

@@ -371,7 +371,7 @@ def analyze_images(loaded, images: Sequence[Image.Image], *, category_id: int | 
     d = int(net.encoder.embedding_dim)
     enc = EncodedImages(
         embedding=np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
-        maps={s: np.concatenate(v) if v else np.zeros((0, net.encoder.map_channels[s], 0, 0), np.float32)
+        maps={s: np.ascontiguousarray(np.concatenate(v)) if v else np.zeros((0, net.encoder.map_channels[s], 0, 0), np.float32)
               for s, v in maps.items()})
     return preds, enc
 
@@ -399,7 +399,7 @@ def encode_images(loaded, images: Sequence[Image.Image], *, strides: Sequence[in
     d = int(net.encoder.embedding_dim)
     return EncodedImages(
         embedding=np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
-        maps={s: np.concatenate(v) if v else np.zeros((0, net.encoder.map_channels[s], 0, 0), np.float32)
+        maps={s: np.ascontiguousarray(np.concatenate(v)) if v else np.zeros((0, net.encoder.map_channels[s], 0, 0), np.float32)
               for s, v in maps.items()})
 
 

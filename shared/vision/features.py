@@ -3,15 +3,19 @@
 Ingestion and query both call `extract_features` (after Kim et al., arXiv 1609.07859, section 3.3: convolutional
 activations of two layers pooled inside the ROI, binarised at 0; plus a colour histogram):
 
-1. The ROI is cropped from the image and letterboxed to `input_size` on white (`shared.vision.presets`).
-2. The encoder's stride-16 and stride-32 block outputs (linear projections, so both signs occur) are average-pooled
-   over the map cells covered by the crop (the white letterbox padding is left out), each layer's vector is
-   L2-normalised and the two are concatenated: the *descriptor*, float32 (n, D).
+1. The ROI is cropped from the image; on a plain backdrop (product photo, padding) `isolate_item` paints the
+   backdrop white and tightens the crop to the item; the view is letterboxed to `input_size` on white
+   (`shared.vision.presets`).
+2. The encoder's stride-16 and stride-32 block outputs (linear projections, so both signs occur) are pooled
+   (average, or average and max: "avgmax", shipped) over the map cells covered by the crop (the white letterbox
+   padding is left out), each part is L2-normalised and the parts are concatenated: the *descriptor*, float32
+   (n, D); D = 864 for EfficientNet-Lite0 with avgmax.
 3. The descriptor is centred on the TRAIN-split mean and projected by a fixed matrix learned on the TRAIN split
    (see `training/retrieval/tune.py`): the *feature*, float32 (n, n_bits).
 4. `shared.codes.binarize.binarize` turns it into the code: bit j = feature j > 0, packed 8 bits per byte,
    most significant bit first (numpy packbits, bitorder="big"): feature 0 is the high bit of byte 0.
-5. The colour histogram (`colour_histogram`) is taken from the same crop, foreground pixels only.
+5. The colour histogram (`colour_histogram`) is taken from the same crop (before step 1's flattening), foreground
+   pixels only.
 
 The ranking distance is `combined_distance`: (1 - w) * hamming / n_bits + w * colour_distance, w shipped in the
 manifest. The shipped projection, mean, w and encoder name live in models/features/ (safetensors + manifest.json).
@@ -451,6 +455,10 @@ def build_feature_encoder(spec: dict[str, Any]) -> nn.Module:
         from shared.vision.registry import load_attribute_network
 
         loaded = load_attribute_network(spec.get("path"))
+        # The projection was fitted on this encoder's maps: another attribute checkpoint means a refit + reindex.
+        if spec.get("version") and loaded.meta.get("version") != spec["version"]:
+            raise ValueError(f"features were fitted on attribute checkpoint {spec['version']}, "
+                             f"found {loaded.meta.get('version')}: refit them (lookalike train features --encoder attributes)")
         return loaded.net.encoder.eval()
     raise ValueError(f"unknown encoder source {source!r} (expected 'registry' or 'attributes')")
 

@@ -35,6 +35,8 @@ def daemon_db(engine):
     """A clean generation with 50 postings, in committed rows (the daemon reads with its own connections)."""
     rng = np.random.default_rng(0)
     with session_scope(engine) as s:
+        previous = queries.active_generation(session=s)
+        previous_id = None if previous is None else previous.id
         s.execute(text("UPDATE index_generations SET status = 'retired' WHERE status = 'active'"))
         gen = queries.ensure_generation(session=s, model_version=f"daemon-test-{uuid.uuid4()}")
         queries.activate_generation(session=s, generation=gen)
@@ -48,6 +50,12 @@ def daemon_db(engine):
             ids.append(listing.id)
         gen_id = gen.id
     yield gen_id, ids, codes
+    # Give the rest of the suite (and a running live system) its generation back.
+    if previous_id is not None:
+        from shared.db.models import IndexGeneration
+
+        with session_scope(engine) as s:
+            queries.activate_generation(session=s, generation=s.get(IndexGeneration, previous_id))
 
 
 def test_bulk_load_matches_rows(engine, daemon_db):

@@ -78,6 +78,8 @@ def test_upsert_listing_creates_job_and_is_idempotent(db_session):
 
 
 def test_change_sequence_is_monotonic(db_session):
+    # Inside this test's rolled-back transaction: no generation is active yet.
+    db_session.execute(text("UPDATE index_generations SET status = 'retired' WHERE status = 'active'"))
     gen = queries.ensure_generation(session=db_session, model_version="m1")
     assert gen.status == "active"  # the first generation is active at once
     listing = Listing(seller_id="s", external_id="z", title="t")

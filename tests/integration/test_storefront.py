@@ -158,6 +158,8 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     assert [float(v) for v in roi.get_attribute("data-box").split(",")] == q["roi"]["box"]
     assert _box_inside(roi.bounding_box(), canvas.bounding_box())
     expect(page.get_by_test_id("shopper-rect")).to_be_hidden()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "automatic.png"))
 
     # 3. Chosen category: the query runs as that category; "Load more" fetches the next page with next_offset.
     page.get_by_test_id("category-select").select_option(CATEGORY)
@@ -204,7 +206,6 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     expect(page.get_by_test_id("roi-box")).to_have_attribute("data-fallback", "shopper_rect")
     expect(page.get_by_test_id("query-roi")).to_have_attribute("data-fallback", "shopper_rect")
     expect(page.get_by_test_id("query-option")).to_have_attribute("data-option", "3")
-    SHOTS.mkdir(parents=True, exist_ok=True)
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(SHOTS / "results.png"))
 
@@ -220,7 +221,7 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     assert response.status == 400, body
     error = page.get_by_test_id("error")
     expect(error).to_be_visible()
-    expect(error).to_contain_text(body["message"])
+    expect(error).to_contain_text(body["message"], ignore_case=True)  # the API's own words, capitalised
     expect(page.get_by_test_id("result-card")).to_have_count(0)
     expect(page.get_by_test_id("search-button")).to_be_enabled()
     page.evaluate("window.scrollTo(0, 0)")

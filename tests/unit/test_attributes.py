@@ -164,6 +164,7 @@ def test_encode_matches_the_analysis_pass(tiny_loaded: LoadedNetwork) -> None:
     # the embedding is the pooled stride-32 map of the same pass
     np.testing.assert_allclose(enc.embedding, enc.maps[32].mean(axis=(2, 3)), rtol=1e-5, atol=1e-5)
     assert len(preds) == 3
+    assert all(m.flags["C_CONTIGUOUS"] and m.dtype == np.float32 for m in enc.maps.values())
     empty = encode_images(tiny_loaded, [])
     assert empty.embedding.shape == (0, d)
 
@@ -281,3 +282,10 @@ def test_shipped_checkpoint_recognizes_real_test_images(shipped: LoadedNetwork) 
     assert acc >= 0.7, acc
     guided = recognize_attributes(shipped, [load_image(s) for s in samples[:8]], category_id=samples[0].category_id)
     assert all(p.guided and p.category_id == samples[0].category_id for p in guided)
+    # the shipped CPU network runs channels_last; what it hands the appearance feature is plain C-order numpy
+    enc = encode_images(shipped, [load_image(s) for s in samples[:2]])
+    size = shipped.input_size
+    assert enc.embedding.shape == (2, shipped.net.encoder.embedding_dim)
+    for stride, m in enc.maps.items():
+        assert m.shape == (2, shipped.net.encoder.map_channels[stride], size // stride, size // stride)
+        assert m.flags["C_CONTIGUOUS"] and m.dtype == np.float32

@@ -320,3 +320,30 @@ def test_isolate_item_undoes_padding_on_a_colour() -> None:
     # A busy (street) crop is left as it is.
     street = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 40, 3), dtype=np.uint8))
     assert isolate_item(street) is not None and isolate_item(street).size == street.size
+
+
+def test_relevance_rule() -> None:
+    """Same category, and same colour only when the query has a colour label."""
+    from pathlib import Path
+
+    from training.retrieval.data import RetrievalItem, relevance
+
+    def item(i: int, cat: int, colour: str | None) -> RetrievalItem:
+        return RetrievalItem(id=str(i), dataset="x", path=Path("x"), split="test", category_id=cat, colour=colour,
+                             roi=None)
+
+    index = [item(0, 1, "colour.red"), item(1, 1, "colour.blue"), item(2, 1, None), item(3, 2, "colour.red")]
+    rel = relevance([index[0], index[2]], index)
+    assert rel[0].tolist() == [True, False, False, False]  # red query: only red items of its category
+    assert rel[1].tolist() == [True, True, True, False]  # no colour label: category only
+
+
+def test_ground_truth_roi_is_largest_box_of_the_category() -> None:
+    from types import SimpleNamespace
+
+    from training.retrieval.data import ground_truth_roi
+
+    boxes = (SimpleNamespace(category_id=4, xyxy=(0, 0, 10, 10)), SimpleNamespace(category_id=4, xyxy=(0, 0, 30, 20)),
+             SimpleNamespace(category_id=7, xyxy=(0, 0, 100, 100)))
+    assert ground_truth_roi(SimpleNamespace(boxes=boxes, category_id=4)) == (0, 0, 30, 20)
+    assert ground_truth_roi(SimpleNamespace(boxes=(), category_id=4)) is None

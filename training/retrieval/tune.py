@@ -242,7 +242,10 @@ def encoder_spec(name: str) -> dict:
     """The manifest's encoder entry for --encoder."""
     if name == "imagenet":
         return {"source": "registry", "name": "efficientnet_lite0", "pretrained": True}
-    return {"source": "attributes"}
+    from shared.vision.registry import default_attribute_dir
+
+    meta = json.loads((default_attribute_dir() / "manifest.json").read_text(encoding="utf-8"))
+    return {"source": "attributes", "version": meta.get("version")}
 
 
 def main(argv: list[str] | None = None) -> int:
