@@ -33,6 +33,7 @@ from PIL import Image
 from torch import nn
 
 from shared.codes.binarize import binarize, n_bytes_for
+from shared.index.postings import quantize_colours  # noqa: F401 - the one RAM form of colours
 from shared.vision import presets
 
 # Version of the shipped feature configuration (encoder, layers, pooling, projection, colour bins). Codes and colour
@@ -227,13 +228,6 @@ def colour_distance(q: np.ndarray, hists: np.ndarray) -> np.ndarray:
     if q.ndim == 1:
         return 0.5 * np.abs(hists - q[None, :]).sum(axis=1)
     return 0.5 * np.abs(hists[None, :, :] - q[:, None, :]).sum(axis=2)
-
-
-def quantize_colours(colours: np.ndarray) -> np.ndarray:
-    """The RAM form of colour histograms: float32 (n, n_bins) summing to 1 -> uint8 (n, n_bins) = round(255 * h)."""
-    if colours.dtype != np.float32:
-        raise TypeError(f"colours must be float32, got {colours.dtype}")
-    return np.rint(np.clip(colours, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def dequantize_colours(q: np.ndarray) -> np.ndarray:
