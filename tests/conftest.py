@@ -1,5 +1,5 @@
-"""Shared fixtures: real PostgreSQL and Redis (embedded, or the servers LOOKALIKE_TEST_DATABASE_URL /
-LOOKALIKE_TEST_REDIS_URL name), a migrated `_test` database, and per-test rollback sessions."""
+"""Shared fixtures: real PostgreSQL and Redis (embedded, or the servers TEST_LOOKALIKE_DATABASE_URL /
+TEST_LOOKALIKE_REDIS_URL name), a migrated `_test` database, and per-test rollback sessions."""
 from __future__ import annotations
 
 import os
@@ -28,7 +28,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def embedded_services():
     """The embedded servers of this test run, or None when the env names external ones."""
-    if os.environ.get("LOOKALIKE_TEST_DATABASE_URL") and os.environ.get("LOOKALIKE_TEST_REDIS_URL"):
+    if os.environ.get("TEST_LOOKALIKE_DATABASE_URL") and os.environ.get("TEST_LOOKALIKE_REDIS_URL"):
         yield None
         return
     from lookalike.services import EmbeddedServices
@@ -49,7 +49,7 @@ def embedded_services():
 def server_urls(embedded_services) -> tuple[str, str]:
     """(admin database URL, redis base URL): external when the env names them, else embedded under var/."""
     if embedded_services is None:
-        return os.environ["LOOKALIKE_TEST_DATABASE_URL"], os.environ["LOOKALIKE_TEST_REDIS_URL"]
+        return os.environ["TEST_LOOKALIKE_DATABASE_URL"], os.environ["TEST_LOOKALIKE_REDIS_URL"]
     return embedded_services.database_url, embedded_services.redis_url
 
 

@@ -47,7 +47,7 @@ def _leftovers(var_dir) -> list[str]:
     return found
 
 
-@pytest.mark.skipif(bool(os.environ.get("LOOKALIKE_TEST_DATABASE_URL")), reason="runs on embedded servers only")
+@pytest.mark.skipif(bool(os.environ.get("TEST_LOOKALIKE_DATABASE_URL")), reason="runs on embedded servers only")
 def test_up_indexes_serves_stops_and_reuses_state(tmp_path):
     var_dir = tmp_path / "var"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
