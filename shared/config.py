@@ -106,7 +106,8 @@ class Settings:
     index_url: str | None = _opt(_http_url, "URL the API uses to reach the daemon; unset = http://INDEX_HOST:INDEX_PORT")
     index_poll_ms: int = _opt(_int(10, 60_000), "how often the daemon polls the change sequence", 200)
     admin_token: str | None = _opt(_str, "bearer token for /v1/admin/*; unset = admin endpoints answer 403")
-    worker_concurrency: int = _opt(_int(1, 64), "Celery worker processes started by `lookalike up`", 1)
+    worker_concurrency: int = _opt(_int(1, 64), "Celery worker processes (one per core pays: each runs one torch thread)",
+                                   2)
     torch_threads: int = _opt(_int(0, 256), "torch intra-op threads per process (0 = torch's default); 1 keeps "
                               "concurrent API requests and workers from fighting over cores", 1)
     max_image_bytes: int = _opt(_int(1024), "largest accepted image file, bytes", 10 * 1024 * 1024)

@@ -127,7 +127,9 @@ def activate_generation(*, session: Session, generation: IndexGeneration) -> Non
 def claim_job(*, session: Session, job_id: int, lease_s: int, max_attempts: int) -> Job | None:
     """Take a job for processing: queued, or running with an expired lease (its worker died).
     Returns None when another worker holds it, it is finished, or it ran out of attempts (then marked failed)."""
-    job = session.execute(select(Job).where(Job.id == job_id).with_for_update(skip_locked=True)).scalar_one_or_none()
+    # Wait for the row lock rather than skip it: the API's short `enqueued_at` update may hold it at the very
+    # moment the message arrives, and skipping would ack the message while the job stays queued.
+    job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
     if job is None:
         return None
     t = now()
