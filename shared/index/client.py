@@ -8,15 +8,7 @@ import numpy as np
 import requests
 
 from shared.errors import Unavailable
-
-
-@dataclass(frozen=True)
-class Hit:
-    listing_id: int
-    score: float
-    appearance_distance: float
-    colour_distance: float
-    matched_attribute_ids: tuple[int, ...]
+from shared.index.postings import Hit  # the daemon's hits, rebuilt from JSON on this side
 
 
 @dataclass(frozen=True)
