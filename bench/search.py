@@ -69,8 +69,8 @@ def load_synthetic(engine, n: int, n_bytes: int, n_bins: int) -> int:
     """n synthetic listings + postings in a new generation, activated. Category sizes are skewed (like a real
     catalogue) and attributes are 8 per item from a Zipf-like draw."""
     with engine.begin() as c:
-        c.execute(text("INSERT INTO listings (seller_id, external_id, title, status, version) "
-                       "SELECT 'synthetic', 's-' || g, 'synthetic item ' || g, 'ready', 1 "
+        c.execute(text("INSERT INTO listings (seller_id, external_id, title, description, status, version) "
+                       "SELECT 'synthetic', 's-' || g, 'synthetic item ' || g, '', 'ready', 1 "
                        "FROM generate_series(1, :n) g"), {"n": n})
     with session_scope(engine) as s:
         gen = queries.ensure_generation(session=s, model_version=f"synthetic-{n}-{time.time()}")
