@@ -2,20 +2,14 @@
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from lookalike.services import free_port
 from shared.config import Settings, load_settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:

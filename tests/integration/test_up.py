@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from shared.config import REPO_ROOT
-from tests.conftest import free_port
+from lookalike.services import free_port
 
 pytestmark = pytest.mark.integration
 
