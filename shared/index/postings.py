@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 
@@ -929,6 +929,10 @@ class IndexSnapshot:
     def bytes_per_item(self) -> float:
         return self.nbytes / max(self.n_items, 1)
 
+    def segments(self) -> tuple[tuple[_Segment, np.ndarray | None], ...]:
+        """(segment, tombstones uint8 (n,) or None) for the base and the delta: read-only, for shared.index.refine."""
+        return ((self._base, self._dead if self._n_dead else None), (self._delta, None))
+
     def contains(self, listing_id: int) -> bool:
         """Whether the listing is searchable in this snapshot."""
         ids = np.array([listing_id], dtype=np.int64)
@@ -953,6 +957,7 @@ class IndexSnapshot:
         min_votes: int = 2,
         min_candidates: int = _DEFAULT_MIN_CANDIDATES,
         threads: int = 1,
+        rows_filter: Callable[[_Segment, int, int, int], np.ndarray | None] | None = None,
     ) -> SearchResult:
         """Ranked listings most similar to a query: hits [offset, offset + k) by (score, listing_id).
 
@@ -966,6 +971,8 @@ class IndexSnapshot:
         with fewer than min_candidates candidates (per segment) falls back to "category".
         threads > 1 splits large Hamming-only range scans (category None, or a category of millions of rows) across
         that many threads (shared.codes.hamming.top_k_parallel); results are identical.
+        rows_filter(segment, c, lo, hi) -> int32 rows (ascending, within [lo, hi)) or None (the whole range): the
+        exact candidate rows of each segment, replacing the strategy (shared.index.refine uses it for edits).
         """
         q = self._query_code(code)
         qc = _query_colour(colour, self.n_bins)
@@ -993,7 +1000,11 @@ class IndexSnapshot:
             if hi == lo:
                 continue
             rows = None
-            if strategy != "category":
+            if rows_filter is not None:
+                rows = rows_filter(seg, c, lo, hi)
+                if rows is not None and rows.shape[0] == 0:
+                    continue
+            elif strategy != "category":
                 rows = _strategy_rows(seg, c, lo, hi, q_attrs, strategy, min_votes)
                 if rows.shape[0] < min_candidates:
                     rows, used = None, "category"
