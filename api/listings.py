@@ -5,12 +5,12 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 
 from api import resources
+from api.admission import admitted
 from api.forms import fields, str_field, uploaded_image
 from shared.db import queries
 from shared.db.models import Image, Listing, ListingAttribute, ListingCategory, Posting, Roi
 from shared.db.session import session_scope
-from shared.errors import InvalidInput
-from shared.listings import ListingInput, accept_listing
+from shared.listings import ListingInput, accept_listing_retrying
 from shared.taxonomy import load_taxonomy
 from workers.tasks import enqueue_jobs
 
@@ -18,6 +18,7 @@ bp = Blueprint("listings", __name__, url_prefix="/v1/listings")
 
 
 @bp.post("")
+@admitted
 def create_or_update():
     res = resources()
     body = fields(request)
@@ -26,13 +27,11 @@ def create_or_update():
                         title=str_field(body, "title") or "", description=str_field(body, "description") or "",
                         category=str_field(body, "category"), image_url=str_field(body, "image_url"))
     image = uploaded_image(request)
-    with session_scope(res.engine) as s:
-        result = accept_listing(session=s, settings=res.settings, data=data, image_bytes=image)
-        listing_id, version, job_id = result.listing.id, result.listing.version, (
-            result.job.id if result.job else None)
+    result = accept_listing_retrying(engine=res.engine, settings=res.settings, data=data, image_bytes=image)
+    listing_id, version, job_id, created = result.listing_id, result.version, result.job_id, result.created
     # Committed first, sent second: if the broker is down the job waits in Postgres for the reconciler.
     queued = bool(job_id) and enqueue_jobs([job_id], engine=res.engine) == 1
-    payload = {"listing_id": listing_id, "version": version, "job_id": job_id, "created": result.created,
+    payload = {"listing_id": listing_id, "version": version, "job_id": job_id, "created": created,
                "queued": queued, "status": "pending" if job_id else "unchanged"}
     if job_id and not queued:
         payload["message"] = "accepted; the broker is unavailable, the listing is queued as soon as it is back"
@@ -88,7 +87,10 @@ def image(listing_id: int):
     res = resources()
     with session_scope(res.engine) as s:
         row = s.execute(select(Image.data, Image.content_type).join(Listing, Listing.image_sha256 == Image.sha256)
-                        .where(Listing.id == listing_id)).one_or_none()
+                        .where(Listing.id == listing_id, Listing.deleted_at.is_(None))).one_or_none()
     if row is None:
-        raise InvalidInput(f"listing {listing_id} has no stored image")
+        # Missing, deleted (its photo is no longer published) or not fetched yet: nothing to serve.
+        return jsonify({"error": "not_found", "message": f"listing {listing_id} has no image to serve "
+                                                         "(it does not exist, was deleted, or its photo is not "
+                                                         "stored yet)"}), 404
     return Response(row.data, mimetype=row.content_type, headers={"Cache-Control": "public, max-age=3600"})

@@ -111,12 +111,28 @@ class Settings:
     torch_threads: int = _opt(_int(0, 256), "torch intra-op threads per process (0 = torch's default); 1 keeps "
                               "concurrent API requests and workers from fighting over cores", 1)
     max_image_bytes: int = _opt(_int(1024), "largest accepted image file, bytes", 10 * 1024 * 1024)
-    max_image_pixels: int = _opt(_int(1024), "largest accepted image, width*height (decompression-bomb cap)", 40_000_000)
+    max_image_pixels: int = _opt(_int(1024), "largest accepted image, width*height (decompression-bomb cap; "
+                                 "images with 4 bytes per pixel get 3/4 of it)", 40_000_000)
+    max_image_aspect: float = _opt(_float(1.0), "largest accepted ratio of an image's longer side to its shorter side",
+                                   20.0)
+    decode_max_side: int = _opt(_int(64, 4096), "images are decoded straight to this longer side at most (JPEG at "
+                                "reduced scale, others reduced before conversion): what the networks need", 768)
+    api_threads: int = _opt(_int(1, 256), "HTTP threads of the API (waitress)", 16)
+    api_concurrency: int = _opt(_int(1, 64), "image decodes + network passes one API process runs at once "
+                                "(search and listing uploads)", 2)
+    api_queue: int = _opt(_int(0, 1000), "requests that may wait for one of those slots; beyond it the API answers "
+                          "503 with Retry-After at once", 4)
+    api_queue_wait_s: float = _opt(_float(0.0), "longest wait for a slot before a 503 with Retry-After, seconds", 1.0)
     fetch_timeout_s: float = _opt(_float(0.1), "timeout for fetching an image URL, seconds", 10.0)
     fetch_allow_private: bool = _opt(parse_bool, "allow image URLs on loopback/private addresses (tests only)", False)
     job_max_attempts: int = _opt(_int(1, 100), "attempts before a listing job is marked failed", 5)
-    job_lease_s: int = _opt(_int(5), "a running job whose lease is older than this is re-queued", 300)
-    reconcile_interval_s: int = _opt(_int(1), "how often the reconciler re-queues stuck jobs", 30)
+    job_lease_s: int = _opt(_int(3), "job lease, seconds: renewed every third of it while the job runs, so a job "
+                            "whose worker was killed is re-queued this long (plus one reconcile) after", 30)
+    job_resend_s: int = _opt(_int(5), "a queued job not sent to the broker for this long is sent again", 300)
+    reconcile_interval_s: int = _opt(_int(1), "how often the reconciler re-queues stuck jobs", 10)
+    restart_budget: int = _opt(_int(1, 1000), "`lookalike up` restarts a child (or embedded server) at most this "
+                               "many times per restart window, then stops everything", 5)
+    restart_window_s: int = _opt(_int(1), "the restart budget's window, seconds", 60)
     log_level: str = _opt(_str, "logging level", "INFO")
 
     @property

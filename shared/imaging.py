@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 import struct
-from typing import Union
+from typing import Sequence, TypeVar, Union
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
 from shared.errors import ImageError
 
@@ -21,6 +23,11 @@ logger = logging.getLogger(__name__)
 ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike]
 
 _ACCEPTED_WORDS = "use JPEG, PNG, WebP or GIF"
+_T = TypeVar("_T")
+
+# Longer side / shorter side. A 10000x1 strip is not a product photo, and letterboxing it for the networks
+# leaves a zero-pixel side; refusing it up front gives the seller a reason instead of a failed job.
+MAX_ASPECT = 20.0
 
 # Longest side we accept, whatever the pixel count: a 1 x 30M strip fits the pixel cap but is
 # not a product photo and makes resizers allocate huge rows. JPEG tops out at 65535, WebP at 16383.
@@ -49,8 +56,15 @@ _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b
 _AVIF_BRANDS = {b"avif", b"avis"}
 
 
-def decode_image(data: ImageSource, *, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Decode JPEG/PNG/WebP/GIF (frame 0) bytes or a file into a loaded 8-bit RGB image, else raise ImageError."""
+def decode_image(data: ImageSource, *, max_bytes: int, max_pixels: int, max_side: int | None = None,
+                 max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """Decode JPEG/PNG/WebP/GIF (frame 0) bytes or a file into a loaded 8-bit RGB image, else raise ImageError.
+
+    With `max_side`, the result's longer side is at most `max_side` (the networks never need more): JPEG is
+    decoded at 1/2, 1/4 or 1/8 scale (draft mode) and every format is reduced before the RGB conversion, so
+    cost and memory follow the work size. `info["source_size"]` keeps the upright full size either way, the
+    frame shopper rectangles and reported boxes use (see to_work_box / in_source_pixels).
+    """
     raw = _read_source(data, max_bytes=max_bytes)
     fmt = _sniff_format(raw)
     _check_container_length(fmt, raw)
@@ -65,18 +79,58 @@ def decode_image(data: ImageSource, *, max_bytes: int, max_pixels: int) -> Image
     except Exception as exc:  # every Pillow parser failure mode: SyntaxError, OSError, struct.error, ...
         raise ImageError(_header_failure_message(fmt, raw)) from exc
     try:
-        _check_dimensions(img.size, max_pixels=max_pixels)
+        _check_dimensions(img.size, max_pixels=_pixel_cap(img.mode, max_pixels), max_aspect=max_aspect,
+                          mode=img.mode)
+        header_size = img.size
+        if max_side is not None and fmt == "JPEG":
+            _draft(img, max_side)
         # open() read only the header; this decodes frame 0 (later GIF/WebP frames are never read).
         img.load()
-        rgb = to_rgb(_apply_exif_orientation(img))
+        source_size = _upright_size(img, header_size)
+        work = _reduce(img, max_side) if max_side is not None else img
+        rgb = _apply_exif_orientation(to_rgb(work), exif_source=img)
+        if max_side is not None and max(rgb.size) > max_side:
+            rgb = _shrink(rgb, max_side)
         # The caller owns the result; `img` is closed below, which would release shared pixels.
-        return rgb.copy() if rgb is img else rgb
+        rgb = rgb.copy() if rgb is img else rgb
+        rgb.info["source_size"] = source_size
+        return rgb
     except ImageError:
         raise
     except Exception as exc:  # MemoryError included: with the pixel cap in place, it means this image.
         raise ImageError(_load_failure_message(exc)) from exc
     finally:
         img.close()
+
+
+def source_size(img: Image.Image) -> tuple[int, int]:
+    """The upright size of the file an image was decoded from (its own size when it was not reduced)."""
+    return tuple(img.info.get("source_size", img.size))  # type: ignore[return-value]
+
+
+def to_work_box(img: Image.Image, box: Sequence[float] | None) -> tuple[float, float, float, float] | None:
+    """A box in source pixels (what clients send) -> pixels of the decoded, possibly reduced, image."""
+    if box is None:
+        return None
+    sx, sy = _scales(img)
+    x0, y0, x1, y1 = box
+    return x0 / sx, y0 / sy, x1 / sx, y1 / sy
+
+
+def to_source_box(img: Image.Image, box: Sequence[float]) -> tuple[float, float, float, float]:
+    """A box in pixels of the decoded image -> pixels of the source file (what clients and the DB see)."""
+    sx, sy = _scales(img)
+    x0, y0, x1, y1 = box
+    return float(x0) * sx, float(y0) * sy, float(x1) * sx, float(y1) * sy
+
+
+def in_source_pixels(analysis: _T, img: Image.Image) -> _T:
+    """A pipeline result (anything with `roi` and `boxes` of objects with `xyxy`) with every box moved
+    from work pixels to source pixels; the same object when the image was not reduced."""
+    if _scales(img) == (1.0, 1.0):
+        return analysis
+    boxes = [dataclasses.replace(b, xyxy=to_source_box(img, b.xyxy)) for b in analysis.boxes]
+    return dataclasses.replace(analysis, roi=to_source_box(img, analysis.roi), boxes=boxes)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -216,29 +270,98 @@ def _refuse_truncated_loading() -> None:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-def _check_dimensions(size: tuple[int, int], *, max_pixels: int) -> None:
-    """Refuse zero, overlong or too-many-pixel sizes read from the header, before pixels are decoded."""
+def _check_dimensions(size: tuple[int, int], *, max_pixels: int, max_aspect: float = MAX_ASPECT,
+                      mode: str = "RGB") -> None:
+    """Refuse zero, overlong, too-many-pixel or too-elongated sizes read from the header, before decoding."""
     width, height = size
     if width <= 0 or height <= 0:
         raise ImageError(f"image has invalid dimensions {width}x{height}")
     if width * height > max_pixels:
+        wide = f" ({_MODE_BYTES[mode]} bytes per pixel in mode {mode})" if _MODE_BYTES.get(mode, 3) > 3 else ""
         raise ImageError(
-            f"image is {width}x{height} = {_fmt_pixels(width * height)}, more than the {_fmt_pixels(max_pixels)} limit"
+            f"image is {width}x{height} = {_fmt_pixels(width * height)}, more than the {_fmt_pixels(max_pixels)} "
+            f"limit{wide}"
         )
     if max(width, height) > MAX_SIDE_PX:
         raise ImageError(
             f"image is {width}x{height}; sides longer than {MAX_SIDE_PX:,} pixels are not accepted"
         )
+    if max(width, height) > max_aspect * min(width, height):
+        raise ImageError(
+            f"image is {width}x{height}; its longer side may be at most {max_aspect:g} times its shorter side"
+        )
 
 
-def _apply_exif_orientation(img: Image.Image) -> Image.Image:
-    """Rotate/flip per EXIF Orientation; a damaged EXIF block is ignored rather than failing a good picture."""
+# Bytes per decoded pixel by Pillow mode. The pixel cap is set for 3-byte RGB; wider rasters (alpha,
+# 16/32-bit grey, CMYK) cost more memory per pixel, so their cap shrinks in proportion.
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2,
+               "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4}
+
+
+def _pixel_cap(mode: str, max_pixels: int) -> int:
+    """The pixel cap for a mode: the same decode memory as max_pixels of RGB, never more pixels."""
+    return min(max_pixels, max_pixels * 3 // _MODE_BYTES.get(mode, 3))
+
+
+def _upright_size(img: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
+    """The header size as a browser shows it: EXIF orientations 5-8 swap width and height (read after load:
+    PNG may keep its EXIF after the pixels)."""
     try:
-        transposed = ImageOps.exif_transpose(img)
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # damaged EXIF is ignored, as in _apply_exif_orientation
+        orientation = 1
+    w, h = size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _draft(img: Image.Image, max_side: int) -> None:
+    """Ask libjpeg to decode at the smallest 1/2, 1/4 or 1/8 scale that still covers max_side."""
+    w, h = img.size
+    scale = max_side / max(w, h)
+    if scale < 1:
+        try:
+            img.draft(None, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
+        except Exception:  # drafting is an optimisation; the full decode below still works
+            logger.info("JPEG draft mode refused; decoding at full size")
+
+
+def _reduce(img: Image.Image, max_side: int) -> Image.Image:
+    """Integer box-reduce (cheap, in the file's own mode, before any RGB conversion) to under 2 x max_side."""
+    factor = max(img.size) // max_side
+    if factor < 2:
+        return img
+    if img.mode in ("1", "P", "PA", "CMYK", "I;16", "I;16L", "I;16B", "I;16N"):
+        # reduce() does not take these; convert at full size (within the pixel cap, which counts these modes).
+        img = to_rgb(img)
+    return img.reduce(factor)
+
+
+def _shrink(img: Image.Image, max_side: int) -> Image.Image:
+    """Resize the (already reduced) RGB image so its longer side is exactly max_side."""
+    w, h = img.size
+    scale = max_side / max(w, h)
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
+
+
+def _apply_exif_orientation(img: Image.Image, *, exif_source: Image.Image | None = None) -> Image.Image:
+    """Rotate/flip per EXIF Orientation (read from `exif_source`, the opened file, when `img` is derived from
+    it); a damaged EXIF block is ignored rather than failing a good picture."""
+    src = exif_source if exif_source is not None else img
+    try:
+        orientation = src.getexif().get(0x0112, 1)
     except Exception:  # malformed EXIF (struct.error, KeyError, ...): pixels are still fine.
         logger.info("ignoring unreadable EXIF orientation")
         return img
-    return transposed if transposed is not None else img
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}.get(orientation)
+    return img.transpose(method) if method is not None else img
+
+
+def _scales(img: Image.Image) -> tuple[float, float]:
+    """(source width / work width, source height / work height)."""
+    sw, sh = source_size(img)
+    return sw / img.width, sh / img.height
 
 
 def _wide_grey_to_rgb(img: Image.Image) -> Image.Image:

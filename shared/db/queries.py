@@ -45,17 +45,20 @@ def upsert_listing(*, session: Session, seller_id: str, external_id: str, title:
                    seller_category: str | None, image_url: str | None, image_sha256: str | None) -> UpsertResult:
     """Create or update a listing and queue its job in the same transaction (before anything is sent to
     the broker). Re-posting identical content is a no-op, so at-least-once publishers create no duplicates."""
+    # INSERT ... ON CONFLICT DO NOTHING first: of concurrent first POSTs exactly one inserts, the others wait on
+    # its row and then see it (a plain SELECT-then-INSERT lets two of them insert and one hit the unique key).
+    new_id = session.execute(
+        insert(Listing).values(seller_id=seller_id, external_id=external_id, title=title, description=description,
+                               seller_category=seller_category, image_url=image_url, image_sha256=image_sha256,
+                               status="pending", version=1)
+        .on_conflict_do_nothing(index_elements=["seller_id", "external_id"]).returning(Listing.id)
+    ).scalar_one_or_none()
+    created = new_id is not None
     listing = session.execute(
         select(Listing).where(Listing.seller_id == seller_id, Listing.external_id == external_id).with_for_update()
-    ).scalar_one_or_none()
-    created = listing is None
-    if listing is None:
-        listing = Listing(seller_id=seller_id, external_id=external_id, title=title, description=description,
-                          seller_category=seller_category, image_url=image_url, image_sha256=image_sha256,
-                          status="pending", version=1)
-        session.add(listing)
-        session.flush()
-    else:
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+    if not created:
         same = (listing.title == title and listing.description == description
                 and listing.seller_category == seller_category and listing.image_sha256 == image_sha256
                 and listing.image_url == image_url and listing.deleted_at is None)
@@ -165,7 +168,8 @@ def release_job_for_retry(*, session: Session, job_id: int, error: str) -> None:
 
 
 def jobs_to_requeue(*, session: Session, stale_after_s: int, limit: int = 1000) -> list[int]:
-    """Jobs whose message may be lost: running with an expired lease, or queued and not sent recently."""
+    """Jobs whose message may be lost: running with an expired lease (its worker died: leases are renewed while
+    a job runs), or queued and not sent for `stale_after_s`."""
     t = now()
     rows = session.execute(
         select(Job.id).where(or_(
