@@ -12,13 +12,14 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 
 from api import resources
+from api.admission import admitted
 from api.forms import fields, int_field, str_field, uploaded_image
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from shared.db.models import Listing
 from shared.db.session import session_scope
 from shared.errors import InvalidInput
 from shared.fetch import fetch_image_bytes
-from shared.imaging import decode_image
+from shared.imaging import decode_image, in_source_pixels, source_size, to_work_box
 from shared.pipeline import analyze
 from shared.taxonomy import load_taxonomy
 
@@ -46,6 +47,7 @@ def parse_rect(raw: object, width: int, height: int) -> tuple[float, float, floa
 
 
 @bp.post("/search")
+@admitted
 def search():
     t0 = time.perf_counter()
     res = resources()
@@ -58,7 +60,8 @@ def search():
     if data is None:
         data = fetch_image_bytes(url, timeout_s=settings.fetch_timeout_s, max_bytes=settings.max_image_bytes,
                                  allow_private=settings.fetch_allow_private).data
-    image = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    image = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                         max_side=settings.decode_max_side, max_aspect=settings.max_image_aspect)
     category = str_field(body, "category")
     tax = load_taxonomy()
     if category is not None:
@@ -66,12 +69,13 @@ def search():
             tax.category(category)
         except KeyError as exc:
             raise InvalidInput(str(exc.args[0])) from None
-    rect = parse_rect(body.get("rect"), image.width, image.height)
+    rect = parse_rect(body.get("rect"), *source_size(image))  # client pixels; the image may be decoded smaller
     k = int_field(body, "k", default=20, minimum=1, maximum=MAX_K)
     offset = int_field(body, "offset", default=0, minimum=0, maximum=MAX_OFFSET)
     option = 3 if rect is not None else 2 if category is not None else 1
 
-    analysis = analyze(res.models, image, category_key=category, rect=rect, source="shopper")
+    analysis = in_source_pixels(analyze(res.models, image, category_key=category, rect=to_work_box(image, rect),
+                                        source="shopper"), image)
     reply = res.index.search(code=analysis.code, colour=analysis.colour, category_id=analysis.category_id,
                              attribute_ids=[a.attribute_id for a in analysis.attributes], k=k, offset=offset)
     ids = [h.listing_id for h in reply.hits]
