@@ -8,6 +8,7 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
 
 from index_daemon.holder import SnapshotHolder
+from shared.index.refine import MAX_FACET_DEPTH, Refinement, refined_search
 
 
 def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float) -> Flask:
@@ -45,31 +46,53 @@ def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float) -> Flask:
             return jsonify({"error": "unavailable", "message": "the index is loading"}), 503
         body = request.get_json(silent=True) or {}
         try:
-            code = np.frombuffer(bytearray.fromhex(body["code"]), dtype=np.uint8)  # writable: see loader.py
-            colour = np.asarray(body["colour"], dtype=np.float32)
+            appearance = bool(body.get("appearance", True))
+            code = (np.frombuffer(bytearray.fromhex(body["code"]), dtype=np.uint8)  # writable: see loader.py
+                    if appearance else None)
+            colour = None if body.get("colour") is None else np.asarray(body["colour"], dtype=np.float32)
             k, offset = int(body.get("k", 20)), int(body.get("offset", 0))
             category = body.get("category_id")
             attrs = [int(a) for a in body.get("attribute_ids", [])]
+            target = body.get("target_colour")
+            weight = body.get("colour_weight")
+            refinement = Refinement(
+                require=tuple(int(a) for a in body.get("require", [])),
+                exclude=tuple(int(a) for a in body.get("exclude", [])),
+                target_colour=None if target is None else np.asarray(target, dtype=np.float32),
+                colour_weight=None if weight is None else float(weight),
+                appearance=appearance, facets=int(body.get("facets", 0)),
+            )
         except (KeyError, ValueError, TypeError) as exc:
             return bad(f"malformed search request: {exc}")
-        if not (1 <= k <= 1000 and 0 <= offset <= 10_000):
+        if not (1 <= k <= MAX_FACET_DEPTH and 0 <= offset <= 10_000):
             return bad("k must be 1..1000 and offset 0..10000")
         t0 = time.perf_counter()
         if snap.n_items == 0:  # nothing indexed yet (its code width is not even known)
-            return jsonify({"hits": [], "generation": snap.generation, "n_items": 0, "scanned": 0,
+            return jsonify({"hits": [], "generation": snap.generation, "n_items": 0, "scanned": 0, "matched": 0,
                             "elapsed_ms": 0.0})
         try:
-            result = snap.search(code=code, colour=colour, category_id=None if category is None else int(category),
-                                 attribute_ids=attrs, k=k, offset=offset, colour_weight=colour_weight)
+            out = refined_search(snap, code=code, colour=colour,
+                                 category_id=None if category is None else int(category), attribute_ids=attrs, k=k,
+                                 offset=offset, colour_weight=colour_weight, refinement=refinement)
         except (ValueError, TypeError) as exc:
             return bad(str(exc))
         elapsed = time.perf_counter() - t0
         latency.observe(elapsed)
-        return jsonify({"hits": [{"listing_id": h.listing_id, "score": h.score,
-                                  "appearance_distance": h.appearance_distance, "colour_distance": h.colour_distance,
-                                  "matched_attribute_ids": list(h.matched_attribute_ids)}
-                                 for h in result.hits],
-                        "generation": snap.generation, "n_items": snap.n_items, "scanned": int(result.scanned),
-                        "elapsed_ms": elapsed * 1000})
+        result = out.result
+        reply = {"hits": [{"listing_id": h.listing_id, "score": h.score,
+                           "appearance_distance": h.appearance_distance if appearance else None,
+                           "colour_distance": h.colour_distance,
+                           "matched_attribute_ids": list(h.matched_attribute_ids),
+                           "appearance_term": float(a), "colour_term": float(c)}
+                          for h, a, c in zip(result.hits, out.appearance_terms, out.colour_terms)],
+                 "generation": snap.generation, "n_items": snap.n_items, "scanned": int(result.scanned),
+                 "matched": out.matched,
+                 "weights": {"appearance": out.appearance_weight, "colour": out.colour_weight},
+                 "elapsed_ms": elapsed * 1000}
+        if out.facets is not None:
+            reply["facets"] = {"n": out.facets.n,
+                               "categories": [[c, n] for c, n in sorted(out.facets.categories.items())],
+                               "attributes": [[a, n] for a, n in sorted(out.facets.attributes.items())]}
+        return jsonify(reply)
 
     return app

@@ -18,6 +18,12 @@ class SearchReply:
     n_items: int
     scanned: int
     elapsed_ms: float
+    # Refinements (shared.index.refine): listings satisfying the edit, score weights, per-hit (appearance term,
+    # colour term) summing to each hit's score, and facets {"n", "categories": [[id, n]], "attributes": [[id, n]]}.
+    matched: int | None = None
+    weights: dict[str, float] | None = None
+    terms: tuple[tuple[float, float], ...] = ()
+    facets: dict[str, Any] | None = None
 
 
 class IndexClient:
@@ -37,10 +43,13 @@ class IndexClient:
             raise Unavailable(f"the index daemon is {body.get('status', 'not ready')}")
         return body
 
-    def search(self, *, code: bytes, colour: np.ndarray, category_id: int | None, attribute_ids: list[int],
-               k: int, offset: int) -> SearchReply:
-        payload = {"code": code.hex(), "colour": [float(x) for x in colour], "category_id": category_id,
-                   "attribute_ids": list(attribute_ids), "k": k, "offset": offset}
+    def search(self, *, code: bytes | None, colour: np.ndarray | None, category_id: int | None,
+               attribute_ids: list[int], k: int, offset: int, refine: dict[str, Any] | None = None) -> SearchReply:
+        """refine: the daemon's edit fields (api.refine.RefineRequest.daemon_fields): require, exclude,
+        target_colour, colour_weight, appearance, facets."""
+        payload = {"code": None if code is None else code.hex(),
+                   "colour": None if colour is None else [float(x) for x in colour], "category_id": category_id,
+                   "attribute_ids": list(attribute_ids), "k": k, "offset": offset, **(refine or {})}
         try:
             r = self._http.post(f"{self.base_url}/search", json=payload, timeout=self.timeout_s)
         except requests.RequestException as exc:
@@ -53,4 +62,35 @@ class IndexClient:
         hits = [Hit(h["listing_id"], h["score"], h["appearance_distance"], h["colour_distance"],
                     tuple(h["matched_attribute_ids"])) for h in body["hits"]]
         return SearchReply(hits=hits, generation=body["generation"], n_items=body["n_items"],
-                           scanned=body["scanned"], elapsed_ms=body["elapsed_ms"])
+                           scanned=body["scanned"], elapsed_ms=body["elapsed_ms"], matched=body.get("matched"),
+                           weights=body.get("weights"),
+                           terms=tuple((h["appearance_term"], h["colour_term"]) for h in body["hits"]
+                                       if "appearance_term" in h),
+                           facets=body.get("facets"))
+
+    def search_categories(self, *, code: bytes, colour: np.ndarray, category_ids: list[int],
+                          attribute_ids: list[int], k: int, offset: int) -> SearchReply:
+        """Hits [offset, offset + k) of several categories ranked together. Exact: a listing's score does not depend
+        on the category scanned, so each category's top (offset + k) is fetched and merged by (score, listing id),
+        the daemon's own order."""
+        if len(category_ids) == 1:
+            return self.search(code=code, colour=colour, category_id=category_ids[0], attribute_ids=attribute_ids,
+                               k=k, offset=offset)
+        depth = offset + k
+        hits: list[Hit] = []
+        replies = []
+        for c in dict.fromkeys(category_ids):  # unique, order kept
+            got = 0
+            while got < depth:  # the daemon answers at most 1000 hits per call
+                r = self.search(code=code, colour=colour, category_id=c, attribute_ids=attribute_ids,
+                                k=min(1000, depth - got), offset=got)
+                replies.append(r)
+                hits += r.hits
+                got += len(r.hits)
+                if len(r.hits) < min(1000, depth - got + len(r.hits)):
+                    break
+        hits.sort(key=lambda h: (h.score, h.listing_id))
+        return SearchReply(hits=hits[offset:depth], generation=min(r.generation for r in replies),
+                           n_items=replies[-1].n_items, scanned=sum(r.scanned for r in replies),
+                           elapsed_ms=sum(r.elapsed_ms for r in replies))
+

@@ -1,0 +1,256 @@
+"""The `edit`, `palette` and `facets` fields of POST /v1/search: parsing with clear 400s, and their response parts.
+
+edit     attributes to require / exclude and an optional target colour. JSON object
+         {"require": ["sleeve.sleeveless"], "exclude": ["pattern.striped"], "colour": "navy" | "#1f2a52"} or the
+         short form "sleeve.sleeveless,-pattern.striped,navy" (`-key` excludes; `navy` / `colour.navy` / `#rrggbb`
+         is the target colour). A taxonomy colour is a colour change: it requires that colour attribute (exact) and
+         ranks by the distance to the colour's histogram; `#rrggbb` only ranks (no attribute to require).
+palette  one to three colours with weights: [{"colour": "navy", "weight": 0.7}, {"colour": "white", "weight": 0.3}]
+         or "navy:0.7,white:0.3"; with a photo it replaces the photo's colour term, without one it ranks a
+         category's listings by colour alone (then `category` is required).
+facets   N (1..1000): category, colour and attribute counts over the N most similar listings (exact, in the daemon).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shared.colours import COLOUR_GROUP, SWATCHES, NamedColour, palette_histogram, parse_colour
+from shared.errors import InvalidInput
+from shared.index.refine import MAX_FACET_DEPTH
+from shared.taxonomy import Taxonomy
+
+__all__ = ["RefineRequest", "parse_refine", "TARGET_COLOUR_WEIGHT"]
+
+# Weight of the colour term when the shopper names a colour (the photo's own colour term keeps the daemon's tuned
+# weight): chosen on the val split with `lookalike evaluate edits --split val` (see training/edits).
+TARGET_COLOUR_WEIGHT = 0.3
+MAX_PALETTE = 3
+_SPLIT = re.compile(r"[,\s]+")
+
+
+@dataclass(frozen=True)
+class RefineRequest:
+    """A parsed refinement. require / exclude: attribute ids; colour: the edit's target colour; palette: (colour,
+    weight) pairs; target: the histogram that replaces the photo's colour (float32 (n_bins,)) or None."""
+
+    require: tuple[int, ...] = ()
+    exclude: tuple[int, ...] = ()
+    colour: NamedColour | None = None
+    palette: tuple[tuple[NamedColour, float], ...] = ()
+    facets: int = 0
+    target: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.require or self.exclude or self.target is not None or self.facets)
+
+    def check_applicable(self, tax: Taxonomy, category_id: int) -> None:
+        """400 naming every required / excluded attribute that does not apply to the search's category."""
+        bad = [tax.attribute(a).key for a in self.require + self.exclude if not tax.applies(a, category_id)]
+        if bad:
+            raise InvalidInput(f"attribute(s) {', '.join(bad)} do not apply to category "
+                               f"{tax.category(category_id).key}")
+
+    def daemon_fields(self, *, photo: bool = True) -> dict[str, Any]:
+        """The daemon's refinement fields (index_daemon/server.py)."""
+        out: dict[str, Any] = {"require": list(self.require), "exclude": list(self.exclude), "facets": self.facets}
+        if self.target is not None:
+            out["target_colour"] = [float(x) for x in self.target]
+            out["colour_weight"] = TARGET_COLOUR_WEIGHT if photo else 1.0
+        if not photo:
+            out["appearance"] = False
+        return out
+
+    def summary(self, tax: Taxonomy, reply: Any) -> dict[str, Any]:
+        """The response's `refine` object: what was applied and how many listings satisfied it."""
+        colour = None
+        if self.colour is not None:
+            colour = {"key": self.colour.key, "hex": self.colour.hex}
+        palette = [{"key": c.key, "hex": c.hex, "weight": round(w, 4)} for c, w in self.palette]
+        return {"require": [tax.attribute(a).key for a in self.require],
+                "exclude": [tax.attribute(a).key for a in self.exclude],
+                "colour": colour, "palette": palette, "matched": reply.matched, "weights": reply.weights}
+
+    def facets_json(self, tax: Taxonomy, reply: Any) -> dict[str, Any] | None:
+        """Facets with taxonomy keys and names; colours are the colour group's attributes, split out for swatches."""
+        f = reply.facets
+        if not f:
+            return None
+        attrs, colours = [], []
+        for a, n in f["attributes"]:
+            at = tax.attribute(int(a))
+            row = {"key": at.key, "name": at.name, "group": at.group, "count": int(n)}
+            (colours if at.group == COLOUR_GROUP else attrs).append(row)
+        by_count = lambda r: (-r["count"], r["key"])  # noqa: E731
+        return {"n": f["n"],
+                "categories": sorted(({"key": tax.category(int(c)).key, "name": tax.category(int(c)).name,
+                                       "count": int(n)} for c, n in f["categories"]), key=by_count),
+                "colours": sorted(colours, key=by_count), "attributes": sorted(attrs, key=by_count)}
+
+
+def why(tax: Taxonomy, hit: Any, terms: tuple[float, float] | None, weights: dict[str, float] | None,
+        query_attribute_ids: list[int]) -> dict[str, Any]:
+    """One result's exact score decomposition (appearance_term + colour_term == score) and the query attributes
+    it shares and lacks."""
+    shared_ids = set(hit.matched_attribute_ids)
+    out: dict[str, Any] = {
+        "score": hit.score,
+        "shares": [tax.attribute(a).key for a in query_attribute_ids if a in shared_ids],
+        "lacks": [tax.attribute(a).key for a in query_attribute_ids if a not in shared_ids],
+    }
+    if terms is not None and weights is not None:
+        colour_distance = hit.colour_distance
+        out["appearance"] = {"distance": hit.appearance_distance, "weight": weights["appearance"],
+                             "term": terms[0]}
+        out["colour"] = {"distance": None if colour_distance != colour_distance else colour_distance,  # NaN
+                         "weight": weights["colour"], "term": terms[1]}
+    return out
+
+
+def _attribute_or_unknown(tax: Taxonomy, key: str, unknown: list[str]) -> int | None:
+    try:
+        return tax.attribute(key).id
+    except KeyError:
+        unknown.append(key)
+        return None
+
+
+def _load(raw: Any, name: str) -> Any:
+    """Multipart sends strings: a JSON object / array inside one is decoded; other strings stay (short form)."""
+    if isinstance(raw, str) and raw.strip()[:1] in ("{", "["):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"{name} is not valid JSON: {exc.msg}") from None
+    return raw
+
+
+def _parse_edit(raw: Any, tax: Taxonomy) -> tuple[list[int], list[int], NamedColour | None]:
+    raw = _load(raw, "edit")
+    colour_token: str | None = None
+    if isinstance(raw, str):
+        require_keys, exclude_keys = [], []
+        for tok in (t for t in _SPLIT.split(raw.strip()) if t):
+            if tok.startswith("-"):
+                exclude_keys.append(tok[1:])
+            elif tok.startswith("#") or "." not in tok or tok.startswith(COLOUR_GROUP + "."):
+                if colour_token is not None:
+                    raise InvalidInput(f"edit names two target colours: {colour_token!r} and {tok!r}")
+                colour_token = tok
+            else:
+                require_keys.append(tok.lstrip("+"))
+    elif isinstance(raw, dict):
+        extra = set(raw) - {"require", "exclude", "colour"}
+        if extra:
+            raise InvalidInput(f"edit has unknown field(s) {', '.join(sorted(extra))}; use require, exclude, colour")
+        require_keys, exclude_keys = raw.get("require") or [], raw.get("exclude") or []
+        if not (isinstance(require_keys, list) and isinstance(exclude_keys, list)
+                and all(isinstance(k, str) for k in require_keys + exclude_keys)):
+            raise InvalidInput("edit.require and edit.exclude must be lists of attribute keys")
+        colour_token = raw.get("colour")
+        if colour_token is not None and not isinstance(colour_token, str):
+            raise InvalidInput("edit.colour must be a string: a taxonomy colour or #rrggbb")
+    else:
+        raise InvalidInput("edit must be an object {require, exclude, colour} or a string like "
+                           "'sleeve.sleeveless,-pattern.striped,navy'")
+    unknown: list[str] = []
+    require = [a for k in require_keys if (a := _attribute_or_unknown(tax, k, unknown)) is not None]
+    exclude = [a for k in exclude_keys if (a := _attribute_or_unknown(tax, k, unknown)) is not None]
+    if unknown:
+        raise InvalidInput(_unknown_message(tax, unknown))
+    colour = None
+    if colour_token is not None:
+        try:
+            colour = parse_colour(colour_token, tax)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+    # A named required colour is a colour change too (and a named target colour requires its attribute).
+    named = [a for a in require if tax.attribute(a).group == COLOUR_GROUP]
+    if colour is None and len(named) == 1 and tax.attribute(named[0]).key.split(".", 1)[1] in SWATCHES:
+        colour = parse_colour(tax.attribute(named[0]).key, tax)
+    if colour is not None and colour.attribute_id is not None and colour.attribute_id not in require:
+        require.append(colour.attribute_id)
+    both = sorted(set(require) & set(exclude))
+    if both:
+        raise InvalidInput(f"attribute(s) {', '.join(tax.attribute(a).key for a in both)} are both required and "
+                           "excluded")
+    return list(dict.fromkeys(require)), list(dict.fromkeys(exclude)), colour
+
+
+def _unknown_message(tax: Taxonomy, unknown: list[str]) -> str:
+    """Name the unknown keys; for a known group list its values, otherwise list the groups."""
+    hints = []
+    for key in unknown:
+        group = key.split(".", 1)[0]
+        if group in tax.attribute_groups:
+            values = [a.key for a in tax.attributes if a.group == group]
+            hints.append(f"{group}: {', '.join(values)}")
+    hint = "; ".join(hints) if hints else f"keys are '<group>.<value>', groups: {', '.join(tax.attribute_groups)}"
+    return f"unknown attribute(s) {', '.join(repr(k) for k in unknown)} ({hint})"
+
+
+def _parse_palette(raw: Any, tax: Taxonomy) -> list[tuple[NamedColour, float]]:
+    raw = _load(raw, "palette")
+    entries: list[tuple[Any, Any]] = []
+    if isinstance(raw, str):
+        for tok in (t for t in _SPLIT.split(raw.strip()) if t):
+            name, _, weight = tok.partition(":")
+            entries.append((name, weight or 1.0))
+    elif isinstance(raw, list):
+        for e in raw:
+            if not isinstance(e, dict) or "colour" not in e:
+                raise InvalidInput("palette entries must be objects {colour, weight}")
+            entries.append((e["colour"], e.get("weight", 1.0)))
+    else:
+        raise InvalidInput("palette must be a list [{colour, weight}] or a string like 'navy:0.7,white:0.3'")
+    if not 1 <= len(entries) <= MAX_PALETTE:
+        raise InvalidInput(f"palette needs 1 to {MAX_PALETTE} colours, got {len(entries)}")
+    out = []
+    for name, weight in entries:
+        try:
+            colour = parse_colour(str(name), tax)
+            w = float(weight)
+        except ValueError as exc:
+            raise InvalidInput(f"palette: {exc}") from None
+        if not (w > 0 and np.isfinite(w)):
+            raise InvalidInput(f"palette weights must be positive numbers, got {weight!r}")
+        out.append((colour, w))
+    total = sum(w for _, w in out)
+    return [(c, w / total) for c, w in out]
+
+
+def parse_refine(body: dict[str, Any], tax: Taxonomy) -> RefineRequest:
+    """The edit / palette / facets fields of a search request (absent fields: no refinement)."""
+    edit_raw, palette_raw, facets_raw = body.get("edit"), body.get("palette"), body.get("facets")
+    require: list[int] = []
+    exclude: list[int] = []
+    colour = None
+    if edit_raw not in (None, "", {}):
+        require, exclude, colour = _parse_edit(edit_raw, tax)
+    palette: list[tuple[NamedColour, float]] = []
+    if palette_raw not in (None, "", []):
+        palette = _parse_palette(palette_raw, tax)
+        if colour is not None:
+            raise InvalidInput("give either edit.colour or palette, not both")
+    facets = 0
+    if facets_raw not in (None, ""):
+        try:
+            facets = int(facets_raw)
+            if isinstance(facets_raw, float) and facets_raw != facets:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise InvalidInput(f"facets must be an integer, got {facets_raw!r}") from None
+        if not 0 <= facets <= MAX_FACET_DEPTH:
+            raise InvalidInput(f"facets must be between 0 and {MAX_FACET_DEPTH}, got {facets}")
+    target = None
+    if colour is not None:
+        target = palette_histogram([colour.hex], [1.0])
+    elif palette:
+        target = palette_histogram([c.hex for c, _ in palette], [w for _, w in palette])
+    return RefineRequest(require=tuple(require), exclude=tuple(exclude), colour=colour, palette=tuple(palette),
+                         facets=facets, target=target)
