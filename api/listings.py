@@ -10,6 +10,7 @@ from api.forms import fields, str_field, uploaded_image
 from shared.db import queries
 from shared.db.models import Image, Listing, ListingAttribute, ListingCategory, Posting, Roi
 from shared.db.session import session_scope
+from shared.fetch import check_url
 from shared.listings import ListingInput, accept_listing_retrying
 from shared.taxonomy import load_taxonomy
 from workers.tasks import enqueue_jobs
@@ -27,6 +28,11 @@ def create_or_update():
                         title=str_field(body, "title") or "", description=str_field(body, "description") or "",
                         category=str_field(body, "category"), image_url=str_field(body, "image_url"))
     image = uploaded_image(request)
+    if image is None and data.image_url is not None:
+        # An HTTP client can be told now (400) that an internal or malformed URL will never be fetched; upstream
+        # events have no one to answer, so theirs fail on the listing instead (workers.events).
+        check_url(data.image_url, allow_private=res.settings.fetch_allow_private,
+                  timeout_s=min(res.settings.fetch_timeout_s, 3.0))
     result = accept_listing_retrying(engine=res.engine, settings=res.settings, data=data, image_bytes=image)
     listing_id, version, job_id, created = result.listing_id, result.version, result.job_id, result.created
     # Committed first, sent second: if the broker is down the job waits in Postgres for the reconciler.

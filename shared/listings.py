@@ -16,7 +16,6 @@ from shared.config import Settings
 from shared.db import queries
 from shared.db.session import session_scope
 from shared.errors import InvalidInput, Unavailable
-from shared.fetch import check_url
 from shared.imaging import decode_image, image_sha256, sniff_content_type, source_size
 from shared.taxonomy import load_taxonomy
 
@@ -80,10 +79,6 @@ def accept_listing(*, session: Session, settings: Settings, data: ListingInput,
         raise InvalidInput("send an image file or an image_url")
     if image_bytes is not None and data.image_url is not None:
         raise InvalidInput("send either an image file or an image_url, not both")
-    if image_bytes is None:
-        # Refuse internal and malformed URLs now (a 400) rather than as a failed job later.
-        check_url(data.image_url, allow_private=settings.fetch_allow_private,
-                  timeout_s=min(settings.fetch_timeout_s, 3.0))
     sha = None
     if image_bytes is not None:
         img = decode_image(image_bytes, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,

@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.config import Settings
 from shared.db import queries
 from shared.db.models import Image, IndexGeneration, Job, Listing
 from shared.db.session import session_scope
-from shared.errors import PermanentError
+from shared.errors import PermanentError, TransientError
 from shared.fetch import fetch_image_bytes
-from shared.imaging import decode_image, image_sha256
+from shared.imaging import decode_image, image_sha256, in_source_pixels, source_size
 from shared.pipeline import Analysis, Models, analyze
 
 logger = logging.getLogger(__name__)
@@ -39,11 +42,11 @@ def _load_image_bytes(*, engine: Engine, settings: Settings, listing_id: int) ->
         raise PermanentError("listing has neither an uploaded image nor an image URL")
     fetched = fetch_image_bytes(url, timeout_s=settings.fetch_timeout_s, max_bytes=settings.max_image_bytes,
                                 allow_private=settings.fetch_allow_private)
-    decoded = decode_image(fetched.data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    width, height = source_size(_decode(fetched.data, settings))
     sha = image_sha256(fetched.data)
     with session_scope(engine) as s:
         queries.store_image(session=s, sha256=sha, data=fetched.data, content_type=fetched.content_type,
-                            width=decoded.width, height=decoded.height)
+                            width=width, height=height)
         listing = queries.get_listing_or_raise(session=s, listing_id=listing_id)
         listing.image_sha256 = sha
     return fetched.data
@@ -71,16 +74,38 @@ def process_job(job_id: int, *, engine: Engine, settings: Settings, models: Mode
         title, description, seller_category = listing.title, listing.description, listing.seller_category
         target_generation = job.generation_id
 
+    with LeaseKeeper(engine=engine, job_id=job_id, lease_s=settings.job_lease_s):
+        try:
+            return _run(job_id, engine=engine, settings=settings, models=models, kind=kind, listing_id=listing_id,
+                        version=version, title=title, description=description, seller_category=seller_category,
+                        target_generation=target_generation)
+        except PermanentError as exc:
+            _record_failure(engine=engine, job_id=job_id, listing_id=listing_id, version=version, kind=kind,
+                            message=str(exc))
+            logger.info("listing %s failed permanently: %s", listing_id, exc)
+            return Outcome(job_id, "failed", str(exc))
+        except (TransientError, OperationalError, InterfaceError):
+            raise  # the database, broker or daemon is away: the task retries, the attempt cap still applies
+        except Exception as exc:  # noqa: BLE001 - a bug or a poison input: count it, never crash-loop on it
+            return _attempt_failed(engine=engine, settings=settings, job_id=job_id, listing_id=listing_id,
+                                   version=version, kind=kind, exc=exc)
+
+
+def _decode(data: bytes, settings: Settings):
+    return decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                        max_side=settings.decode_max_side, max_aspect=settings.max_image_aspect)
+
+
+def _run(job_id: int, *, engine: Engine, settings: Settings, models: Models, kind: str, listing_id: int,
+         version: int, title: str, description: str, seller_category: str | None,
+         target_generation: int | None) -> Outcome:
+    """The work of one claimed job: load and analyse the photo, then write everything in one transaction."""
     t0 = time.perf_counter()
-    try:
-        data = _load_image_bytes(engine=engine, settings=settings, listing_id=listing_id)
-        image = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-        analysis = analyze(models, image, title=title, description=description, category_key=seller_category)
-    except PermanentError as exc:
-        _record_failure(engine=engine, job_id=job_id, listing_id=listing_id, version=version, kind=kind,
-                        message=str(exc))
-        logger.info("listing %s failed permanently: %s", listing_id, exc)
-        return Outcome(job_id, "failed", str(exc))
+    data = _load_image_bytes(engine=engine, settings=settings, listing_id=listing_id)
+    image = _decode(data, settings)
+    # Boxes are stored in the photo's own pixels, whatever size it was analysed at.
+    analysis = in_source_pixels(analyze(models, image, title=title, description=description,
+                                        category_key=seller_category), image)
 
     with session_scope(engine) as s:
         job = s.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one()
@@ -120,3 +145,55 @@ def _record_failure(*, engine: Engine, job_id: int, listing_id: int, version: in
         listing = s.get(Listing, listing_id)
         if listing is not None and listing.version == version and kind == "ingest":
             listing.status, listing.status_message = "failed", message
+
+
+class RetryLater(TransientError):
+    """An unexpected error on an attempt that is not the last: the task retries the job after a pause."""
+
+
+def _attempt_failed(*, engine: Engine, settings: Settings, job_id: int, listing_id: int, version: int, kind: str,
+                    exc: BaseException) -> Outcome:
+    """An unexpected exception: the last allowed attempt ends the job `failed` with the error as its message;
+    an earlier one puts the job back (queued, error noted on the listing) and asks for a retry."""
+    message = f"{type(exc).__name__}: {exc}"[:500]
+    logger.exception("listing %s: job %s failed unexpectedly", listing_id, job_id)
+    with session_scope(engine) as s:
+        job = s.get(Job, job_id)
+        attempts = job.attempts if job is not None else settings.job_max_attempts
+    if attempts >= settings.job_max_attempts:
+        _record_failure(engine=engine, job_id=job_id, listing_id=listing_id, version=version, kind=kind,
+                        message=f"processing failed {attempts} times: {message}")
+        return Outcome(job_id, "failed", message)
+    with session_scope(engine) as s:
+        queries.release_job_for_retry(session=s, job_id=job_id, error=message)
+        listing = s.get(Listing, listing_id)
+        if listing is not None and listing.version == version and kind == "ingest":
+            listing.status_message = f"attempt {attempts} of {settings.job_max_attempts} failed ({message}); retrying"
+    raise RetryLater(message)
+
+
+class LeaseKeeper:
+    """Renews a running job's lease every third of its length while the work runs, so the lease can be short:
+    a job whose worker died (SIGKILL, OOM) is re-queued by the reconciler within one lease, not a long timeout."""
+
+    def __init__(self, *, engine: Engine, job_id: int, lease_s: int) -> None:
+        self.engine, self.job_id, self.lease_s = engine, job_id, lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                with session_scope(self.engine) as s:
+                    s.execute(update(Job).where(Job.id == self.job_id, Job.status == "running")
+                              .values(lease_until=queries.now() + timedelta(seconds=self.lease_s)))
+            except Exception as exc:  # noqa: BLE001 - the lease then expires and the job is retried
+                logger.warning("could not renew the lease of job %s: %s", self.job_id, exc)

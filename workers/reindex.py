@@ -66,7 +66,8 @@ def run_reindex(admin_job_id: int, *, engine: Engine, models: Models,
 
 
 def finalize_admin_jobs(*, engine: Engine) -> None:
-    """Close admin jobs with no work left, activating their generation if it was built beside the old."""
+    """Close admin jobs with no work left (done or failed), activating their generation if it was built beside
+    the old."""
     with session_scope(engine) as s:
         running = s.execute(select(AdminJob).where(AdminJob.status == "running", AdminJob.generation_id.is_not(None))
                             .with_for_update(skip_locked=True)).scalars().all()
@@ -79,3 +80,8 @@ def finalize_admin_jobs(*, engine: Engine) -> None:
             if gen is not None and gen.status == "building":
                 queries.activate_generation(session=s, generation=gen)
             admin.status, admin.finished_at = "done", queries.now()
+            # Failed listings never hold an admin job open; they are counted here and keep their own message.
+            failed = s.execute(select(func.count()).where(Job.admin_job_id == admin.id, Job.status == "failed")
+                               ).scalar_one()
+            if failed:
+                admin.error = f"{failed} listing(s) failed (see each listing's status_message)"

@@ -68,7 +68,7 @@ def reconcile_task(self: PipelineTask) -> int:
     """Re-send jobs whose message may be lost (expired lease, or queued but never/long ago sent)."""
     settings = app_settings()
     with session_scope(self.engine) as s:
-        job_ids = queries.jobs_to_requeue(session=s, stale_after_s=settings.job_lease_s)
+        job_ids = queries.jobs_to_requeue(session=s, stale_after_s=settings.job_resend_s)
     sent = enqueue_jobs(job_ids, engine=self.engine)
     from workers.reindex import finalize_admin_jobs
 
