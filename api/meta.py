@@ -38,7 +38,13 @@ def init_app(app: Flask) -> None:
             checks["index"] = res.index.ready()
         except Unavailable as exc:
             checks["index"], ok = str(exc), False
-        return jsonify({"status": "ready" if ok else "not_ready", "checks": checks}), 200 if ok else 503
+        from lookalike.supervisor import read_report
+
+        # What `lookalike up` restarted (children and embedded servers); informational, not a readiness check.
+        supervisor = read_report(res.settings.var_dir)
+        body = {"status": "ready" if ok else "not_ready", "checks": checks,
+                "supervisor": supervisor["watched"] if supervisor else None}
+        return jsonify(body), 200 if ok else 503
 
     @app.get("/metrics")
     def metrics():

@@ -171,6 +171,37 @@ class EmbeddedServices:
         elif _pid_alive(self._redis_pid):
             os.kill(self._redis_pid, signal.SIGTERM)
 
+    # -- watching (the `up` supervisor restarts what died) -------------------------------------------------
+    def postgres_alive(self) -> bool:
+        return self._pg_running(self.var_dir / "pg")
+
+    def redis_alive(self) -> bool:
+        """False once the Redis process this object started has exited (a busy or loading Redis is alive)."""
+        if self._redis_proc is not None:
+            return self._redis_proc.poll() is None
+        return _pid_alive(self._redis_pid)
+
+    def restart_postgres(self) -> None:
+        """Start the embedded server again on the same data folder (same socket, so the same URL)."""
+        from pgserver.postgres_server import PostgresServer
+
+        PostgresServer._instances.pop((self.var_dir / "pg").expanduser().resolve(), None)
+        old, owned = self.database_url, list(self.owned)
+        self.start_postgres()
+        self.owned = owned
+        if self.database_url != old:
+            logger.warning("embedded PostgreSQL came back at another URL (%s); processes keep the old one",
+                           self.database_url)
+        self._write_state()
+
+    def restart_redis(self) -> None:
+        """Start the embedded Redis again on the same port (its append-only file keeps queued messages)."""
+        if self._redis_proc is not None and self._redis_proc.poll() is None:
+            self._redis_proc.kill()
+            self._redis_proc.wait()
+        self.start_redis(port=self._redis_port)
+        self._write_state()
+
     # -- shared state -----------------------------------------------------------------------------------
     def _write_state(self) -> None:
         self.state_file.write_text(json.dumps({

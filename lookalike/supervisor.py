@@ -9,9 +9,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -20,6 +24,7 @@ from shared.config import Settings, load_settings
 
 logger = logging.getLogger("lookalike")
 CHILD_STOP_TIMEOUT_S = 15
+REPORT_FILE = "supervisor.json"  # what `up` restarted, read by the API's /readyz
 
 
 @contextmanager
@@ -83,18 +88,88 @@ def cmd_api(args: argparse.Namespace) -> int:
     with services_for(load_settings()) as (settings, _):
         app = create_app(settings, preload_models=True)
         logger.info("API listening on http://%s:%s/", settings.api_host, settings.api_port)
-        serve(app, host=settings.api_host, port=settings.api_port, threads=8, ident="lookalike")
+        # More threads than admission slots + queue: the extra ones only answer 503s, health checks and cheap reads.
+        serve(app, host=settings.api_host, port=settings.api_port, threads=settings.api_threads, ident="lookalike")
     return 0
 
 
 # -- the supervisor ---------------------------------------------------------------------------------------
+
+class RestartBudget:
+    """At most `budget` restarts in any `window_s` seconds: a crash-looping child is restarted at a bounded
+    rate, and never given up on."""
+
+    def __init__(self, budget: int, window_s: float) -> None:
+        self.budget, self.window_s = budget, window_s
+        self.times: deque[float] = deque()
+
+    def _prune(self, now: float) -> None:
+        while self.times and now - self.times[0] >= self.window_s:
+            self.times.popleft()
+
+    def allow(self, now: float) -> bool:
+        self._prune(now)
+        return len(self.times) < self.budget
+
+    def record(self, now: float) -> None:
+        self.times.append(now)
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until the next restart is allowed."""
+        self._prune(now)
+        return 0.0 if len(self.times) < self.budget else self.window_s - (now - self.times[0])
+
+
+class Watched:
+    """Something the supervisor restarts: a child process or an embedded server."""
+
+    def __init__(self, name: str, budget: RestartBudget, *, alive: Callable[[], bool],
+                 restart: Callable[[], None], describe_exit: Callable[[], str] = lambda: "") -> None:
+        self.name, self.budget = name, budget
+        self.alive, self._restart, self.describe_exit = alive, restart, describe_exit
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self.last_restart_at: float | None = None
+        self.down_since: float | None = None
+        self.error: str | None = None
+
+    def check(self, now: float) -> None:
+        """Restart it if it is down and the budget allows; log what happened."""
+        if self.alive():
+            self.down_since = None
+            return
+        if self.down_since is None:
+            self.down_since, self.last_exit = now, self.describe_exit() or "exited"
+            logger.warning("%s is down (%s)", self.name, self.last_exit)
+        if not self.budget.allow(now):
+            if self.error is None:
+                logger.error("%s used its restart budget (%d in %ss); next restart in %.0f s", self.name,
+                             self.budget.budget, self.budget.window_s, self.budget.wait_s(now))
+            self.error = f"restart budget used; next restart in {self.budget.wait_s(now):.0f} s"
+            return
+        self.budget.record(now)
+        self.restarts += 1
+        self.last_restart_at = time.time()
+        logger.warning("restarting %s (restart %d, %d in the last %ss)", self.name, self.restarts,
+                       len(self.budget.times), self.budget.window_s)
+        try:
+            self._restart()
+            self.error = None
+        except Exception as exc:  # noqa: BLE001 - a failed restart is retried under the same budget
+            self.error = f"restart failed: {exc}"
+            logger.error("restarting %s failed: %s", self.name, exc)
+
+    def report(self, now: float) -> dict[str, Any]:
+        return {"state": "running" if self.down_since is None else "down", "restarts": self.restarts,
+                "restarts_in_window": len(self.budget.times), "last_exit": self.last_exit,
+                "last_restart_at": self.last_restart_at, "error": self.error}
+
 
 class Child:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name, self.argv, self.env = name, argv, env
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
-        self.restarts = 0
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
@@ -153,9 +228,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         children = [Child("worker", [py, "-m", "lookalike", "worker"], env, log_dir),
                     Child("indexd", [py, "-m", "lookalike", "indexd"], env, log_dir),
                     Child("api", [py, "-m", "lookalike", "api"], env, log_dir)]
+        watchdog: Watchdog | None = None
         try:
             for c in children:
                 c.start()
+            watchdog = Watchdog(_watched(settings, services, children), Path(settings.var_dir) / REPORT_FILE)
+            watchdog.start()
             api_url = f"http://{settings.api_host}:{settings.api_port}"
             _wait_http(f"{settings.resolved_index_url}/healthz", timeout_s=120, what="index daemon",
                        child=children[1])
@@ -170,17 +248,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"\nLookalike is running. Search at: {api_url}/\n"
                   f"API docs: {api_url}/docs   Stop with Ctrl-C or `lookalike down`.", flush=True)
             while not stop_requested:
-                for c in children:
-                    if not c.alive() and not stop_requested:
-                        if c.restarts >= 5:
-                            raise RuntimeError(f"{c.name} keeps exiting; see {c.log_path}")
-                        c.restarts += 1
-                        logger.warning("%s exited (code %s); restarting", c.name, c.proc.returncode)
-                        c.start()
-                time.sleep(1)
+                time.sleep(0.5)
         except KeyboardInterrupt:
             pass
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             print("stopping API, index daemon and worker ...", flush=True)
             for c in reversed(children):
                 c.stop()
@@ -189,6 +262,69 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print("stopping embedded PostgreSQL and Redis ...", flush=True)
     print("stopped", flush=True)
     return 0
+
+
+def _watched(settings: Settings, services: Any, children: list[Child]) -> list[Watched]:
+    """Embedded servers first (children fail while they are down), then the children."""
+    def budget() -> RestartBudget:
+        return RestartBudget(settings.restart_budget, settings.restart_window_s)
+
+    out = []
+    if services is not None and "postgres" in services.owned:
+        out.append(Watched("postgres", budget(), alive=services.postgres_alive, restart=services.restart_postgres))
+    if services is not None and "redis" in services.owned:
+        out.append(Watched("redis", budget(), alive=services.redis_alive, restart=services.restart_redis))
+    for c in children:
+        out.append(Watched(c.name, budget(), alive=c.alive, restart=c.start,
+                           describe_exit=lambda c=c: f"exit code {c.proc.returncode}; see {c.log_path}"
+                           if c.proc is not None and c.proc.returncode is not None else ""))
+    return out
+
+
+class Watchdog:
+    """A thread that checks every watched thing each second, restarts what is down within its budget, and
+    writes what it did to var/supervisor.json (the API's /readyz shows it)."""
+
+    def __init__(self, watched: list[Watched], report_path: Path, interval_s: float = 1.0) -> None:
+        self.watched, self.report_path, self.interval_s = watched, report_path, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.report_path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            now = time.monotonic()
+            for w in self.watched:
+                if self._stop.is_set():
+                    return
+                w.check(now)
+            self._write(now)
+
+    def _write(self, now: float) -> None:
+        report = {"pid": os.getpid(), "updated_at": time.time(),
+                  "watched": {w.name: w.report(now) for w in self.watched}}
+        tmp = self.report_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(report))
+            tmp.replace(self.report_path)
+        except OSError as exc:
+            logger.warning("could not write %s: %s", self.report_path, exc)
+
+
+def read_report(var_dir: Path) -> dict[str, Any] | None:
+    """The running supervisor's report (restarts per child and embedded server), or None when not under `up`."""
+    try:
+        report = json.loads((Path(var_dir) / REPORT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -130,8 +130,8 @@ class Settings:
                             "whose worker was killed is re-queued this long (plus one reconcile) after", 30)
     job_resend_s: int = _opt(_int(5), "a queued job not sent to the broker for this long is sent again", 300)
     reconcile_interval_s: int = _opt(_int(1), "how often the reconciler re-queues stuck jobs", 10)
-    restart_budget: int = _opt(_int(1, 1000), "`lookalike up` restarts a child (or embedded server) at most this "
-                               "many times per restart window, then stops everything", 5)
+    restart_budget: int = _opt(_int(1, 1000), "`lookalike up` restarts a child process or embedded server at most "
+                               "this many times per restart window; beyond it, the next restart waits for the window", 5)
     restart_window_s: int = _opt(_int(1), "the restart budget's window, seconds", 60)
     log_level: str = _opt(_str, "logging level", "INFO")
 

@@ -7,12 +7,16 @@ by synonym matching, restricted to the attributes that apply to the image's cate
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from shared.taxonomy import Taxonomy, load_source_labels, load_taxonomy
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,20 @@ def strip_brand_prefix(title: str, prefixes: list[str] | tuple[str, ...]) -> str
     return title
 
 
+def _source_target(table: dict[str, str | None], label: str, what: str) -> str | None:
+    """A source label's taxonomy key; a label missing from source_labels.json is dropped like a null one, with a
+    warning once (a data folder newer than the map must not end in a KeyError)."""
+    if label in table:
+        return table[label]
+    if (what, label) not in _WARNED:
+        _WARNED.add((what, label))
+        logger.warning("unknown %s %r: not in shared/taxonomy/source_labels.json; its images are dropped", what, label)
+    return None
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
 def _attr_id(tax: Taxonomy, key: str | None) -> int | None:
     return None if key is None else tax.attribute(key).id
 
@@ -96,7 +114,7 @@ def label_row(row: dict[str, str], data_dir: Path, boxes: tuple[Box, ...] = (), 
     attrs: set[int] = set()
     if dataset == "myntra_small":
         m = maps["myntra_small"]
-        key = m["articleType"][row["category"]]
+        key = _source_target(m["articleType"], row["category"], "myntra_small articleType")
         cat = None if key is None else tax.category(key).id
         for col in ("gender", "baseColour", "season", "usage"):
             a = _attr_id(tax, m[col].get(row.get(col, "") or "", None))
@@ -107,12 +125,14 @@ def label_row(row: dict[str, str], data_dir: Path, boxes: tuple[Box, ...] = (), 
         attrs |= attributes_from_text(title, cat, tax)
     elif dataset == "clothing_dataset":
         m = maps["clothing_dataset"]
-        cat = tax.category(m["label"][row["category"]]).id
+        key = _source_target(m["label"], row["category"], "clothing_dataset label")
+        cat = None if key is None else tax.category(key).id
         attrs |= {tax.attribute(k).id for k in m["label_attributes"].get(row["category"], [])}
         if row.get("kids", "").strip().lower() == "true":
             attrs.add(tax.attribute(m["kids_attribute"]).id)
     elif dataset == "colorful_fashion":
-        cat = tax.category(maps["colorful_fashion"]["class"][row["category"]]).id
+        key = _source_target(maps["colorful_fashion"]["class"], row["category"], "colorful_fashion class")
+        cat = None if key is None else tax.category(key).id
     else:
         raise ValueError(f"unknown dataset {dataset!r} in manifest row {row.get('id')}")
     if cat is not None:
