@@ -4,6 +4,7 @@ Usage:
     .venv/bin/python -m bench.postings                 # 1M items, table
     .venv/bin/python -m bench.postings --n 3000000     # the 3M run (the paper's index size)
     .venv/bin/python -m bench.postings --json          # one JSON object
+    .venv/bin/python -m bench.postings --part edits    # only the refinements (edited search, facets)
 
 Synthetic catalogue shaped like the paper's: 19 categories with Zipf-skewed sizes (largest ~20%); each category has
 a vocabulary of 40 of ~90 attributes, and every item draws 8-12 of them Zipf-like (a few attributes are on most items
@@ -15,6 +16,11 @@ For each strategy: recall@100 against the exact Hamming top-100 inside the query
 the share of the category's rows whose codes were compared, and p50/p95 latency of IndexSnapshot.search (everything
 a daemon request does after decoding). Then colour: the fused exact blended scan against re-ranking a Hamming
 shortlist of R, recall against the exact blended top-100. Then apply() and RAM figures.
+
+Edits (shared.index.refine, what the daemon runs for an edited request): "require" one attribute of the query's
+category that the query lacks plus a target colour (colour weight 0.3, the API's), "exclude" one it has, "facets"
+an unedited search counting facets over the 1000 best; recall@100 against a brute-force ranking of the listings
+that satisfy the edit, and the share of the category satisfying it.
 """
 from __future__ import annotations
 
@@ -181,6 +187,50 @@ def measure_colour(snap: IndexSnapshot, queries: ItemArrays, weights: tuple[floa
     return out
 
 
+def measure_edits(snap: IndexSnapshot, queries: ItemArrays, *, n_check: int = 30) -> list[dict[str, Any]]:
+    """p50/p95 of refined_search for require + target colour, exclude, and facets over 1000; recall vs brute force."""
+    from shared.index.refine import Refinement, refined_search
+
+    base = snap._base
+    rng = np.random.default_rng(5)
+    target = np.zeros(N_BINS, np.float32)
+    target[7] = 1.0
+    kinds: dict[str, dict[str, list[float]]] = {}
+    for i in range(len(queries)):
+        q, qc, cat = queries.codes[i], queries.colours[i], int(queries.category_ids[i])
+        c, lo, hi = base.category_range(cat)
+        own = set(queries.attribute_ids[queries.attr_offsets[i]:queries.attr_offsets[i + 1]].tolist())
+        present = [int(a) for a in base.attr_keys if base.posting(int(a), c).shape[0] and int(a) not in own]
+        edits = {
+            "require+colour": Refinement(require=(int(rng.choice(present)),), target_colour=target,
+                                         colour_weight=0.3),
+            "exclude": Refinement(exclude=(int(rng.choice(sorted(own))),)),
+            "facets1000": Refinement(facets=1000),
+        }
+        for name, ref in edits.items():
+            t = time.perf_counter()
+            out = refined_search(snap, code=q, colour=qc, category_id=cat, k=K, colour_weight=0.1, refinement=ref)
+            ms = (time.perf_counter() - t) * 1e3
+            row = kinds.setdefault(name, {"ms": [], "recall": [], "matched": []})
+            row["ms"].append(ms)
+            row["matched"].append(out.matched / (hi - lo))
+            if i < n_check:  # exact check: brute force over the rows satisfying the edit
+                rows = np.arange(lo, hi)
+                has = base.has_attributes(rows, list(ref.require + ref.exclude))
+                ok = has[:, : len(ref.require)].all(axis=1) & ~has[:, len(ref.require):].any(axis=1)
+                rows = rows[ok]
+                w = 0.1 if ref.colour_weight is None else ref.colour_weight
+                qcol = qc if ref.target_colour is None else np.rint(ref.target_colour * 255).astype(np.uint8)
+                ham = hamming_distances(q, base.codes[rows][:, :32])
+                l1 = np.minimum(np.abs(base.colours[rows].astype(np.int16) - qcol.astype(np.int16)).sum(axis=1), 510)
+                score = (1 - w) / N_BITS * ham + w / 510 * l1
+                truth = set(base.ids[rows][np.lexsort((base.ids[rows], score))[:K]].tolist())
+                row["recall"].append(len(truth & set(out.result.listing_ids.tolist())) / max(min(K, len(truth)), 1))
+    return [{"edit": name, "p50_ms": round(_pct(v["ms"], 50), 3), "p95_ms": round(_pct(v["ms"], 95), 3),
+             "recall_at_100": round(float(np.mean(v["recall"])), 4),
+             "matched_share": round(float(np.mean(v["matched"])), 3)} for name, v in kinds.items()]
+
+
 def measure_apply(snap: IndexSnapshot, cat: Catalogue) -> dict[str, Any]:
     """Cost of a typical 200 ms delta (100 upserts of which 50 updates, 20 deletes), of a large delta, of a merge."""
     rng = np.random.default_rng(9)
@@ -249,7 +299,7 @@ def measure_load(items: ItemArrays, n_rows: int) -> dict[str, Any]:
             "build_s": round(build_s, 2), "per_row_plus_build_items_per_s": round(n / (per_row_s + build_s))}
 
 
-def run(n: int, n_queries: int, seed: int) -> dict[str, Any]:
+def run(n: int, n_queries: int, seed: int, part: str = "all") -> dict[str, Any]:
     cat = Catalogue(seed)
     t = time.perf_counter()
     items = cat.items(n)
@@ -266,6 +316,9 @@ def run(n: int, n_queries: int, seed: int) -> dict[str, Any]:
         "largest_category_share": round(float(sizes.max() / n), 3),
         "smallest_category_share": round(float(sizes.min() / n), 4),
     }
+    result["edits"] = measure_edits(snap, queries)
+    if part == "edits":
+        return result
     result["strategies"] = measure_strategies(snap, items, queries)
     result["colour"] = measure_colour(snap, queries.take(np.arange(min(n_queries, 100))), (0.1, 0.3, 0.5))
     result["apply"] = measure_apply(snap, cat)
@@ -277,6 +330,12 @@ def _print_table(r: dict[str, Any]) -> None:
     print(f"N={r['n']:,}  queries={r['queries']}  build {r['build_s']} s  RAM {r['bytes_per_item']} B/item  "
           f"attrs/item {r['attributes_per_item']}  categories {r['smallest_category_share']:.2%}.."
           f"{r['largest_category_share']:.1%} of items")
+    print(f"{'edit':<22} {'recall@100':>10} {'matched':>8} {'p50 ms':>7} {'p95 ms':>7}")
+    for e in r["edits"]:
+        print(f"{e['edit']:<22} {e['recall_at_100']:>10.4f} {e['matched_share']:>8.3f} {e['p50_ms']:>7.3f} "
+              f"{e['p95_ms']:>7.3f}")
+    if "strategies" not in r:
+        return
     print(f"{'strategy':<22} {'recall@100':>10} {'p5 recall':>9} {'scanned':>8} {'p50 ms':>7} {'p95 ms':>7} "
           f"{'fallback':>8}")
     for s in r["strategies"]:
@@ -296,9 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--part", choices=("all", "edits"), default="all",
+                        help="edits: only the refinement timings (edited search, facets)")
     args = parser.parse_args(argv)
     warm_up()
-    r = run(args.n, args.queries, args.seed)
+    r = run(args.n, args.queries, args.seed, args.part)
     if args.json:
         print(json.dumps(r))
     else:

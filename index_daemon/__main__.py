@@ -27,8 +27,10 @@ def warm_up_all() -> None:
     import numpy as np
 
     from shared.index.postings import IndexSnapshot, ItemArrays, warm_up
+    from shared.index.refine import warm_up as warm_up_refine
 
     warm_up()
+    warm_up_refine()
     colours = np.full((4, 8), 32, np.uint8)
     snap = IndexSnapshot.build([1, 2, 3, 4], [1, 1, 2, 2], [[1], [1, 2], [], [3]], np.zeros((4, 32), np.uint8),
                                colours, generation=0)
