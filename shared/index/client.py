@@ -1,7 +1,7 @@
 """IndexClient: how the API asks the index daemon (HTTP on loopback, JSON)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,11 +18,11 @@ class SearchReply:
     n_items: int
     scanned: int
     elapsed_ms: float
-    # Refinements (shared.index.refine): listings satisfying the edit, score weights, per-hit (appearance term,
-    # colour term) summing to each hit's score, and facets {"n", "categories": [[id, n]], "attributes": [[id, n]]}.
+    # Refinements (shared.index.refine): listings satisfying the edit, score weights, listing id -> (appearance
+    # term, colour term) summing to that hit's score, and facets {"n", "categories": [[id, n]], "attributes": ...}.
     matched: int | None = None
     weights: dict[str, float] | None = None
-    terms: tuple[tuple[float, float], ...] = ()
+    terms: dict[int, tuple[float, float]] = field(default_factory=dict)
     facets: dict[str, Any] | None = None
 
 
@@ -64,8 +64,8 @@ class IndexClient:
         return SearchReply(hits=hits, generation=body["generation"], n_items=body["n_items"],
                            scanned=body["scanned"], elapsed_ms=body["elapsed_ms"], matched=body.get("matched"),
                            weights=body.get("weights"),
-                           terms=tuple((h["appearance_term"], h["colour_term"]) for h in body["hits"]
-                                       if "appearance_term" in h),
+                           terms={h["listing_id"]: (h["appearance_term"], h["colour_term"]) for h in body["hits"]
+                                  if "appearance_term" in h},
                            facets=body.get("facets"))
 
     def search_categories(self, *, code: bytes, colour: np.ndarray, category_ids: list[int],
@@ -92,5 +92,6 @@ class IndexClient:
         hits.sort(key=lambda h: (h.score, h.listing_id))
         return SearchReply(hits=hits[offset:depth], generation=min(r.generation for r in replies),
                            n_items=replies[-1].n_items, scanned=sum(r.scanned for r in replies),
-                           elapsed_ms=sum(r.elapsed_ms for r in replies))
+                           elapsed_ms=sum(r.elapsed_ms for r in replies), weights=replies[-1].weights,
+                           terms={lid: t for r in replies for lid, t in r.terms.items()})
 
