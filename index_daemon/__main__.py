@@ -1,4 +1,4 @@
-"""python -m index_daemon: load the active generation, follow the change sequence, serve search on loopback.
+"""The index daemon (`lookalike indexd`): load the active generation, follow the change sequence, serve search on loopback.
 
 One process on purpose: the RAM index exists once (several web workers would each hold a copy).
 """
@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 
-from shared.config import Settings, load_settings
+from shared.config import Settings
 
 logger = logging.getLogger("index_daemon")
 
@@ -76,13 +76,6 @@ def run(settings: Settings) -> int:
     return 0
 
 
-def main() -> int:
-    from lookalike.supervisor import services_for
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with services_for(load_settings(), need_redis=False) as (settings, _):
-        return run(settings)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # One entry point per role: `lookalike indexd` (it also starts embedded servers when no URL is set).
+    sys.exit("run the index daemon with `lookalike indexd`")

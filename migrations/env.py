@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 from shared.config import load_settings
 from shared.db.models import Base
@@ -10,6 +10,9 @@ from shared.db.session import database_url
 
 config = context.config
 target_metadata = Base.metadata
+# Every process role may run `lookalike migrate` before it starts (Procfile): a session-level advisory lock makes
+# concurrent upgrades wait for each other instead of racing on the same DDL.
+MIGRATION_LOCK_KEY = 1609_07859
 
 
 def _url() -> str:
@@ -33,9 +36,15 @@ def run_migrations_online() -> None:
         return
     engine = create_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as conn:
-        context.configure(connection=conn, target_metadata=target_metadata)
-        with context.begin_transaction():
-            context.run_migrations()
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        conn.commit()
+        try:
+            context.configure(connection=conn, target_metadata=target_metadata)
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.commit()
 
 
 if context.is_offline_mode():

@@ -39,6 +39,20 @@ def embedded_services():
         shutil.rmtree(services.var_dir, ignore_errors=True)
 
 
+@pytest.fixture
+def server_tmp_path() -> Iterator[Path]:
+    """A fresh folder for tests that start embedded servers themselves. Not pytest's tmp_path: that lives
+    under a 0700 folder of root's, which the unprivileged user PostgreSQL runs as (pgserver) cannot enter."""
+    import uuid
+
+    path = REPO_ROOT / "var" / "test-services" / f"tmp-{uuid.uuid4().hex[:12]}"
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def server_urls(embedded_services) -> tuple[str, str]:
     """(admin database URL, redis base URL): external when the env names them, else embedded under var/."""

@@ -25,8 +25,8 @@ def _server_pids(var_dir) -> list[int]:
     return out
 
 
-def test_start_reuse_and_stop_leave_no_processes(tmp_path):
-    var_dir = tmp_path / "var"
+def test_start_reuse_and_stop_leave_no_processes(server_tmp_path):
+    var_dir = server_tmp_path / "var"
     svc = EmbeddedServices(var_dir=var_dir)
     svc.start_postgres()
     svc.start_redis()
@@ -55,7 +55,8 @@ def test_start_reuse_and_stop_leave_no_processes(tmp_path):
     assert _server_pids(var_dir) == []
 
 
-def test_migrate_command_starts_and_stops_embedded_servers(tmp_path):
+def test_migrate_command_starts_and_stops_embedded_servers(server_tmp_path):
+    tmp_path = server_tmp_path
     env = {"LOOKALIKE_VAR_DIR": str(tmp_path / "var"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-m", "lookalike", "migrate"], env=env, capture_output=True, text=True,
                          cwd=REPO_ROOT, timeout=120)

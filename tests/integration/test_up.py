@@ -48,8 +48,8 @@ def _leftovers(var_dir) -> list[str]:
 
 
 @pytest.mark.skipif(bool(os.environ.get("TEST_LOOKALIKE_DATABASE_URL")), reason="runs on embedded servers only")
-def test_up_indexes_serves_stops_and_reuses_state(tmp_path):
-    var_dir = tmp_path / "var"
+def test_up_indexes_serves_stops_and_reuses_state(server_tmp_path):
+    var_dir = server_tmp_path / "var"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
     env.update({"LOOKALIKE_VAR_DIR": str(var_dir), "LOOKALIKE_API_PORT": str(free_port()),
                 "LOOKALIKE_INDEX_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
