@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.refine import OPENAPI_REQUEST_FIELDS, OPENAPI_RESPONSE_FIELDS, OPENAPI_RESULT_FIELDS
+
 ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -20,6 +22,7 @@ def openapi_document() -> dict[str, Any]:
         "rect": {"type": "string", "description": "option 3: 'x0,y0,x1,y1' in pixels of the photo"},
         "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
         "offset": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 0},
+        **OPENAPI_REQUEST_FIELDS,
     }
     listing_fields = {
         "seller_id": {"type": "string"}, "external_id": {"type": "string", "description": "unique per seller"},
@@ -93,8 +96,10 @@ def openapi_document() -> dict[str, Any]:
                         "listing_id": {"type": "integer"}, "title": {"type": "string"},
                         "image": {"type": "string"}, "score": {"type": "number"},
                         "appearance_distance": {"type": "number"}, "colour_distance": {"type": "number"},
-                        "matched_attributes": {"type": "array", "items": {"type": "string"}}}}},
-                    "k": {"type": "integer"}, "offset": {"type": "integer"}, "next_offset": {"type": "integer"}}},
+                        "matched_attributes": {"type": "array", "items": {"type": "string"}},
+                        **OPENAPI_RESULT_FIELDS}}},
+                    "k": {"type": "integer"}, "offset": {"type": "integer"}, "next_offset": {"type": "integer"},
+                    **OPENAPI_RESPONSE_FIELDS}},
             },
         },
     }

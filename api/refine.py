@@ -12,10 +12,11 @@ facets   N (1..1000): category, colour and attribute counts over the N most simi
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -24,7 +25,8 @@ from shared.errors import InvalidInput
 from shared.index.refine import MAX_FACET_DEPTH
 from shared.taxonomy import Taxonomy
 
-__all__ = ["RefineRequest", "parse_refine", "TARGET_COLOUR_WEIGHT"]
+__all__ = ["RefineRequest", "parse_refine", "TARGET_COLOUR_WEIGHT", "search_refined", "add_why", "response_fields",
+           "palette_search"]
 
 # Weight of the colour term when the shopper names a colour (the photo's own colour term keeps the daemon's tuned
 # weight): chosen on the val split with `lookalike evaluate edits --split val` (see training/edits).
@@ -254,3 +256,122 @@ def parse_refine(body: dict[str, Any], tax: Taxonomy) -> RefineRequest:
         target = palette_histogram([c.hex for c, _ in palette], [w for _, w in palette])
     return RefineRequest(require=tuple(require), exclude=tuple(exclude), colour=colour, palette=tuple(palette),
                          facets=facets, target=target)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Wiring for api/search.py: the edited index call, the palette-only search, and the response parts.
+
+
+def search_refined(res: Any, analysis: Any, refine: RefineRequest, tax: Taxonomy, *, k: int, offset: int) -> Any:
+    """The daemon's answer for an edited search. An edit refines within the query's own category (the one its
+    attributes were validated against), so it is one exact scan even where a plain search merges a few categories."""
+    refine.check_applicable(tax, analysis.category_id)
+    return res.index.search(code=analysis.code, colour=analysis.colour, category_id=analysis.category_id,
+                            attribute_ids=[a.attribute_id for a in analysis.attributes], k=k, offset=offset,
+                            refine=refine.daemon_fields())
+
+
+def add_why(results: list[dict[str, Any]], reply: Any, tax: Taxonomy, query_attribute_ids: list[int]) -> None:
+    """Give every result its `why` (score decomposition and the query attributes it shares and lacks), in place."""
+    hits = {h.listing_id: h for h in reply.hits}
+    for r in results:
+        h = hits.get(r["listing_id"])
+        if h is not None:
+            r["why"] = why(tax, h, reply.terms.get(h.listing_id), reply.weights, query_attribute_ids)
+
+
+def response_fields(refine: RefineRequest, reply: Any, tax: Taxonomy) -> dict[str, Any]:
+    """`refine` (what was applied, how many listings matched) and `facets`, for a refined search; {} otherwise."""
+    if not refine.active:
+        return {}
+    out: dict[str, Any] = {"refine": refine.summary(tax, reply)}
+    facets = refine.facets_json(tax, reply)
+    if facets is not None:
+        out["facets"] = facets
+    return out
+
+
+def palette_search(res: Any, body: dict[str, Any], tax: Taxonomy, refine: RefineRequest, *,
+                   results_fn: Callable[[Any, Any, Taxonomy], list[dict[str, Any]]], max_k: int,
+                   max_offset: int) -> dict[str, Any]:
+    """A palette without a photo: a category's listings ranked by colour alone (plus any edit's constraint)."""
+    from api.forms import int_field, str_field
+
+    key = str_field(body, "category")
+    if key is None:
+        raise InvalidInput("a palette search without a photo needs a category")
+    try:
+        category = tax.category(key)
+    except KeyError as exc:
+        raise InvalidInput(str(exc.args[0])) from None
+    k = int_field(body, "k", default=20, minimum=1, maximum=max_k)
+    offset = int_field(body, "offset", default=0, minimum=0, maximum=max_offset)
+    refine.check_applicable(tax, category.id)
+    reply = res.index.search(code=None, colour=None, category_id=category.id, attribute_ids=[], k=k, offset=offset,
+                             refine=refine.daemon_fields(photo=False))
+    # No photo, no appearance: NaN distances (the page shows n/a), the colour term is the whole score.
+    reply = dataclasses.replace(reply, hits=[dataclasses.replace(h, appearance_distance=float("nan"))
+                                             for h in reply.hits])
+    results = results_fn(res, reply, tax)
+    add_why(results, reply, tax, [])
+    return {
+        "option": "palette",
+        "query": {"category": {"key": category.key, "name": category.name, "source": "shopper"}, "attributes": []},
+        "results": results, "k": k, "offset": offset, "next_offset": offset + len(reply.hits),
+        "index": {"generation": reply.generation, "items": reply.n_items, "scanned": reply.scanned,
+                  "search_ms": round(reply.elapsed_ms, 3)},
+        **response_fields(refine, reply, tax),
+    }
+
+
+# OpenAPI fragments (api/openapi.py merges them into the /v1/search request and SearchResponse).
+OPENAPI_REQUEST_FIELDS: dict[str, Any] = {
+    "edit": {"description": "Require / exclude attributes and change the colour; results stay ranked by the photo's "
+                            "appearance, restricted exactly to listings with every required attribute and none of "
+                            "the excluded. An object {require: [keys], exclude: [keys], colour: 'navy' | "
+                            "'colour.navy' | '#rrggbb'} (in multipart: its JSON text) or the short form "
+                            "'sleeve.sleeveless,-pattern.striped,navy'. A taxonomy colour requires that colour "
+                            "attribute and ranks by the distance to the colour; #rrggbb only ranks. Unknown or "
+                            "inapplicable keys: 400 naming them.",
+             "oneOf": [{"type": "string"}, {"type": "object", "properties": {
+                 "require": {"type": "array", "items": {"type": "string"}},
+                 "exclude": {"type": "array", "items": {"type": "string"}},
+                 "colour": {"type": "string"}}}]},
+    "palette": {"description": "1-3 colours with weights, replacing the photo's colour term: "
+                               "[{colour: 'navy', weight: 0.7}, {colour: '#ffffff', weight: 0.3}] or "
+                               "'navy:0.7,white:0.3'. Without a photo it ranks a category's listings by colour alone "
+                               "(category required; option 'palette').",
+                "oneOf": [{"type": "string"}, {"type": "array", "maxItems": MAX_PALETTE, "items": {
+                    "type": "object", "properties": {"colour": {"type": "string"}, "weight": {"type": "number"}}}}]},
+    "facets": {"type": "integer", "minimum": 0, "maximum": MAX_FACET_DEPTH, "default": 0,
+               "description": "count categories, colours and attributes over the N most similar listings "
+                              "(exact, after the edit)"},
+}
+OPENAPI_RESULT_FIELDS: dict[str, Any] = {
+    "why": {"type": "object", "description": "exact score decomposition: appearance.term + colour.term == score "
+                                             "(term = weight x distance), and the query attributes the result "
+                                             "shares and lacks",
+            "properties": {"score": {"type": "number"},
+                           "appearance": {"type": "object", "properties": {
+                               "distance": {"type": ["number", "null"]}, "weight": {"type": "number"},
+                               "term": {"type": "number"}}},
+                           "colour": {"type": "object", "properties": {
+                               "distance": {"type": ["number", "null"]}, "weight": {"type": "number"},
+                               "term": {"type": "number"}}},
+                           "shares": {"type": "array", "items": {"type": "string"}},
+                           "lacks": {"type": "array", "items": {"type": "string"}}}},
+}
+OPENAPI_RESPONSE_FIELDS: dict[str, Any] = {
+    "refine": {"type": "object", "description": "present when edit, palette or facets was sent",
+               "properties": {"require": {"type": "array", "items": {"type": "string"}},
+                              "exclude": {"type": "array", "items": {"type": "string"}},
+                              "colour": {"type": ["object", "null"]}, "palette": {"type": "array"},
+                              "matched": {"type": "integer", "description": "listings of the category that "
+                                                                            "satisfy the edit"},
+                              "weights": {"type": "object"}}},
+    "facets": {"type": "object", "description": "present when facets=N was sent: counts over the N best",
+               "properties": {"n": {"type": "integer"},
+                              **{g: {"type": "array", "items": {"type": "object", "properties": {
+                                  "key": {"type": "string"}, "name": {"type": "string"},
+                                  "count": {"type": "integer"}}}} for g in ("categories", "colours", "attributes")}}},
+}
