@@ -317,6 +317,7 @@
     if (params.rect) form.append("rect", params.rect);
     form.append("k", String(PAGE_SIZE));
     form.append("offset", String(offset));
+    if (window.LookalikeRefine) window.LookalikeRefine.addFields(form, params); // edit + facets (refine.js)
 
     cancelRequest();
     const seq = state.seq;
@@ -400,6 +401,7 @@
     el.app.dataset.option = String(body.option);
     const total = body.timings_ms && body.timings_ms.total != null ? body.timings_ms.total : elapsedMs;
     setStatus(`${shown} lookalike${shown === 1 ? "" : "s"} · ${Math.round(total)} ms`);
+    if (window.LookalikeRefine) window.LookalikeRefine.render(body, append, () => search(false));
   }
 
   function renderAnalysis(body) {
