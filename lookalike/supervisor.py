@@ -124,8 +124,9 @@ class Watched:
     """Something the supervisor restarts: a child process or an embedded server."""
 
     def __init__(self, name: str, budget: RestartBudget, *, alive: Callable[[], bool],
-                 restart: Callable[[], None], describe_exit: Callable[[], str] = lambda: "") -> None:
-        self.name, self.budget = name, budget
+                 restart: Callable[[], None], describe_exit: Callable[[], str] = lambda: "",
+                 pid: Callable[[], int | None] = lambda: None) -> None:
+        self.name, self.budget, self.pid = name, budget, pid
         self.alive, self._restart, self.describe_exit = alive, restart, describe_exit
         self.restarts = 0
         self.last_exit: str | None = None
@@ -160,7 +161,7 @@ class Watched:
             logger.error("restarting %s failed: %s", self.name, exc)
 
     def report(self, now: float) -> dict[str, Any]:
-        return {"state": "running" if self.down_since is None else "down", "restarts": self.restarts,
+        return {"state": "running" if self.down_since is None else "down", "pid": self.pid(), "restarts": self.restarts,
                 "restarts_in_window": len(self.budget.times), "last_exit": self.last_exit,
                 "last_restart_at": self.last_restart_at, "error": self.error}
 
@@ -271,11 +272,14 @@ def _watched(settings: Settings, services: Any, children: list[Child]) -> list[W
 
     out = []
     if services is not None and "postgres" in services.owned:
-        out.append(Watched("postgres", budget(), alive=services.postgres_alive, restart=services.restart_postgres))
+        out.append(Watched("postgres", budget(), alive=services.postgres_alive, restart=services.restart_postgres,
+                           pid=lambda: services._pg_pid))
     if services is not None and "redis" in services.owned:
-        out.append(Watched("redis", budget(), alive=services.redis_alive, restart=services.restart_redis))
+        out.append(Watched("redis", budget(), alive=services.redis_alive, restart=services.restart_redis,
+                           pid=lambda: services._redis_pid))
     for c in children:
         out.append(Watched(c.name, budget(), alive=c.alive, restart=c.start,
+                           pid=lambda c=c: c.proc.pid if c.proc is not None else None,
                            describe_exit=lambda c=c: f"exit code {c.proc.returncode}; see {c.log_path}"
                            if c.proc is not None and c.proc.returncode is not None else ""))
     return out

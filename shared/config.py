@@ -116,13 +116,17 @@ class Settings:
     max_image_aspect: float = _opt(_float(1.0), "largest accepted ratio of an image's longer side to its shorter side",
                                    20.0)
     decode_max_side: int = _opt(_int(64, 4096), "images are decoded straight to this longer side at most (JPEG at "
-                                "reduced scale, others reduced before conversion): what the networks need", 768)
+                                "reduced scale, others reduced before conversion): what the networks need", 512)
     api_threads: int = _opt(_int(1, 256), "HTTP threads of the API (waitress)", 16)
     api_concurrency: int = _opt(_int(1, 64), "image decodes + network passes one API process runs at once "
                                 "(search and listing uploads)", 2)
     api_queue: int = _opt(_int(0, 1000), "requests that may wait for one of those slots; beyond it the API answers "
                           "503 with Retry-After at once", 4)
     api_queue_wait_s: float = _opt(_float(0.0), "longest wait for a slot before a 503 with Retry-After, seconds", 1.0)
+    api_heavy_pixels: int = _opt(_int(0), "uploads that decode more pixels than this (JPEG counts a quarter) run in "
+                                 "the heavy lane, so they cannot crowd out ordinary searches", 8_000_000)
+    api_heavy_concurrency: int = _opt(_int(1, 64), "heavy-lane requests one API process runs at once; more get "
+                                      "503 with Retry-After at once", 1)
     fetch_timeout_s: float = _opt(_float(0.1), "timeout for fetching an image URL, seconds", 10.0)
     fetch_allow_private: bool = _opt(parse_bool, "allow image URLs on loopback/private addresses (tests only)", False)
     job_max_attempts: int = _opt(_int(1, 100), "attempts before a listing job is marked failed", 5)

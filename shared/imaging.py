@@ -10,6 +10,7 @@ import math
 import os
 import re
 import struct
+import warnings
 from typing import Sequence, TypeVar, Union
 
 import numpy as np
@@ -101,6 +102,21 @@ def decode_image(data: ImageSource, *, max_bytes: int, max_pixels: int, max_side
         raise ImageError(_load_failure_message(exc)) from exc
     finally:
         img.close()
+
+
+def decode_cost(raw: bytes) -> int:
+    """Pixels a decode_image call will decode, from the header alone (0 when the header is unreadable: then
+    decoding fails fast anyway). JPEG counts a quarter: it decodes at reduced scale and only its entropy
+    decoding stays full size; PNG, GIF and WebP decode every pixel whatever the work size."""
+    try:
+        fmt = _sniff_format(raw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw), formats=[fmt]) as img:
+                w, h = img.size
+    except Exception:  # noqa: BLE001 - any unreadable header: decode_image gives the real message
+        return 0
+    return w * h // 4 if fmt == "JPEG" else w * h
 
 
 def source_size(img: Image.Image) -> tuple[int, int]:

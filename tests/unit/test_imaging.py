@@ -373,3 +373,116 @@ def test_pillow_bomb_warning_as_error_keeps_our_message() -> None:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with pytest.raises(ImageError, match=r"image is 10000x10000 = 100 Mpx, more than the 40 Mpx limit"):
             decode(raw_png(10000, 10000))
+
+
+# -- decode cost, work size, aspect ratio (issue 14) ------------------------------------------------------------
+
+def black_png(width: int, height: int) -> bytes:
+    """All-black RGB PNG built row by row (tiny on the wire, width*height*3 bytes once decoded)."""
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (1 + width * 3)
+    body = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    return raw_png(width, height, idat=body)
+
+
+@pytest.mark.parametrize("size", [(10000, 1), (1, 10000), (2100, 100), (30, 700)])
+def test_extreme_aspect_ratio_is_refused_with_the_limit(size: tuple[int, int]) -> None:
+    data = encode(Image.new("RGB", size), "PNG")
+    with pytest.raises(ImageError, match=rf"image is {size[0]}x{size[1]}; its longer side may be at most 20 times"):
+        decode(data)
+    assert decode(data, max_aspect=20_000).size == size  # the limit is a parameter (a setting in the API)
+
+
+def test_wide_modes_get_a_proportionally_smaller_pixel_cap() -> None:
+    rgba = encode(Image.new("RGBA", (100, 100), (1, 2, 3, 4)), "PNG")
+    with pytest.raises(ImageError, match=r"100x100 = 10,000 px, more than the 9,000 px limit \(4 bytes per pixel"):
+        decode(rgba, max_pixels=12_000)
+    assert decode(encode(Image.new("RGB", (100, 100)), "PNG"), max_pixels=12_000).size == (100, 100)
+
+
+def test_big_png_decodes_to_the_work_size_quickly() -> None:
+    import time
+
+    data = black_png(6000, 6600)  # the issue's 115 KB cost-amplification image
+    assert len(data) < 200_000
+    t0 = time.perf_counter()
+    img = decode(data, max_side=768)
+    elapsed = time.perf_counter() - t0
+    assert img.mode == "RGB" and max(img.size) == 768 and img.info["source_size"] == (6000, 6600)
+    assert img.getpixel((10, 10)) == (0, 0, 0)
+    assert elapsed < 3.0, elapsed  # ~0.6 s on a busy 2-core machine; the full-size pipeline took 7 s
+
+
+def test_jpeg_uses_draft_mode_and_keeps_colours() -> None:
+    from shared.imaging import decode_cost, source_size
+
+    data = encode(Image.new("RGB", (4000, 3000), (200, 10, 10)), "JPEG")
+    img = decode(data, max_side=512)
+    assert img.size == (512, 384) and source_size(img) == (4000, 3000)
+    assert all(abs(a - b) < 8 for a, b in zip(img.getpixel((100, 100)), (200, 10, 10)))
+    assert decode_cost(data) == 4000 * 3000 // 4  # JPEG decodes at reduced scale
+    assert decode_cost(encode(Image.new("RGB", (40, 30)), "PNG")) == 1200
+    assert decode_cost(b"not an image") == 0
+
+
+def test_exif_rotation_and_box_frames_with_a_reduced_image() -> None:
+    from shared.imaging import in_source_pixels, source_size, to_source_box, to_work_box
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: a 400x300 file shows as 300x400
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 300), (0, 200, 0)).save(buf, "JPEG", exif=exif.tobytes())
+    img = decode(buf.getvalue(), max_side=100)
+    assert img.size == (75, 100) and source_size(img) == (300, 400)
+    assert to_work_box(img, (0, 0, 300, 400)) == (0, 0, 75, 100)
+    assert to_source_box(img, (0, 0, 75, 100)) == (0, 0, 300, 400)
+    assert to_work_box(img, None) is None
+
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Box:
+        xyxy: tuple[float, float, float, float]
+
+    @dataclass(frozen=True)
+    class Result:
+        roi: tuple[float, float, float, float]
+        boxes: list[Box]
+
+    moved = in_source_pixels(Result((1, 2, 3, 4), [Box((10, 10, 20, 20))]), img)
+    assert moved.roi == (4, 8, 12, 16) and moved.boxes[0].xyxy == (40, 40, 80, 80)
+    small = decode(encode(Image.new("RGB", (50, 40)), "PNG"), max_side=100)
+    same = Result((1, 2, 3, 4), [])
+    assert in_source_pixels(same, small) is same  # not reduced: nothing moves
+
+
+def test_fuzz_shapes_modes_and_formats_give_rgb_within_the_work_size_or_image_error() -> None:
+    """Property-style: random sizes (including extreme strips), modes and formats; the only outcomes are an RGB
+    image no larger than max_side in the same aspect, or an ImageError."""
+    rnd = random.Random(14)
+    formats = {"PNG": ("RGB", "RGBA", "L", "LA", "P", "1", "I;16"), "GIF": ("P", "L"), "WEBP": ("RGB", "RGBA"),
+               "JPEG": ("RGB", "L", "CMYK")}
+    for _ in range(80):
+        fmt = rnd.choice(sorted(formats))
+        mode = rnd.choice(formats[fmt])
+        w = rnd.choice([1, 2, 3, rnd.randrange(1, 3000)])
+        h = rnd.choice([1, 2, rnd.randrange(1, 3000), max(1, w // rnd.choice([1, 19, 21, 500]))])
+        if fmt == "WEBP" and max(w, h) > 16383:
+            continue
+        img = Image.new(mode, (w, h))
+        try:
+            data = encode(img, fmt)
+        except (OSError, ValueError):
+            continue  # Pillow cannot write this mode in this format
+        max_side = rnd.choice([64, 256, 768])
+        try:
+            out = decode(data, max_side=max_side)
+        except ImageError as exc:
+            assert str(exc)
+            assert max(w, h) > 20 * min(w, h), (fmt, mode, w, h, exc)  # only the aspect cap refuses these
+            continue
+        assert out.mode == "RGB" and max(out.size) <= max_side and min(out.size) >= 1
+        assert out.info["source_size"] == (w, h)
+        if max(w, h) > max_side:
+            scale = max_side / max(w, h)  # the same aspect, up to rounding of each side
+            assert abs(out.width - w * scale) <= 2 and abs(out.height - h * scale) <= 2, (w, h, out.size)

@@ -1,0 +1,76 @@
+"""Admission control: bounded slots, a bounded wait, 503-worthy refusals at once beyond the queue."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from api.admission import Admission, Overloaded
+from shared.errors import TransientError
+
+
+def _hold(adm: Admission, entered: threading.Event, release: threading.Event) -> threading.Thread:
+    def run() -> None:
+        with adm.slot():
+            entered.set()
+            release.wait(10)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert entered.wait(5)
+    return t
+
+
+def test_beyond_slots_and_queue_is_refused_at_once() -> None:
+    adm = Admission(concurrency=1, queue=1, wait_s=5.0)
+    release = threading.Event()
+    holder = _hold(adm, threading.Event(), release)
+    waited: list[str] = []
+
+    def waiter() -> None:
+        with adm.slot():
+            waited.append("ran")
+
+    w = threading.Thread(target=waiter)
+    w.start()
+    deadline = time.monotonic() + 5
+    while adm.snapshot()["waiting"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert adm.snapshot()["waiting"] == 1
+    t0 = time.monotonic()
+    with pytest.raises(Overloaded, match="busy"):
+        with adm.slot():
+            pass
+    assert time.monotonic() - t0 < 0.5  # refused at once, not after the wait
+    release.set()
+    holder.join()
+    w.join()
+    assert waited == ["ran"]  # the queued one got the slot
+    assert adm.snapshot() == {"running": 0, "waiting": 0, "refused": 1, "concurrency": 1, "queue": 1}
+
+
+def test_wait_is_bounded() -> None:
+    adm = Admission(concurrency=1, queue=4, wait_s=0.2)
+    release = threading.Event()
+    holder = _hold(adm, threading.Event(), release)
+    t0 = time.monotonic()
+    with pytest.raises(Overloaded, match="no slot free within 0.2 s"):
+        with adm.slot():
+            pass
+    assert 0.15 < time.monotonic() - t0 < 2
+    release.set()
+    holder.join()
+
+
+def test_overloaded_is_a_transient_error_with_retry_after() -> None:
+    assert issubclass(Overloaded, TransientError) and Overloaded.retry_after_s >= 1
+
+
+def test_exceptions_inside_release_the_slot() -> None:
+    adm = Admission(concurrency=1, queue=0, wait_s=0)
+    with pytest.raises(ValueError):
+        with adm.slot():
+            raise ValueError("boom")
+    with adm.slot():
+        assert adm.snapshot()["running"] == 1
