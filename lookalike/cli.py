@@ -23,6 +23,7 @@ DELEGATED: dict[str, dict[str, tuple[str, str]]] = {
         "attributes": ("training.attributes.evaluate", "Table-2 precision / recall / NLL"),
         "detector": ("training.detector.evaluate", "Table-3 mAP at IoU 0.5-0.9, guided vs non-guided"),
         "retrieval": ("training.retrieval.evaluate", "retrieval mAP, P@k, altered-copy P@1 / R@10"),
+        "edits": ("training.edits.evaluate", "attribute / colour edits: share satisfying, appearance ratio"),
     },
     "bench": {
         "hamming": ("bench.hamming", "popcount kernel vs faiss"),

@@ -1,0 +1,1 @@
+"""`lookalike evaluate edits`: attribute and colour edits on the test split."""
