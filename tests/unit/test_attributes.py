@@ -201,7 +201,69 @@ def test_set_metrics_hand_example() -> None:
     assert s["category_accuracy"] == 0.5
     assert s["attribute_precision_micro"] == pytest.approx(1 / 2)
     assert s["attribute_recall_micro"] == pytest.approx(1 / 2)
-    assert s["group_accuracy"]["colour"] == {"accuracy": 0.5, "n": 2}
+    assert s["group_accuracy"]["colour"] == {"accuracy": 0.5, "n": 2, "family_accuracy": 0.5,
+                                             "undisputed": {"n": 2, "accuracy": 0.5, "family_accuracy": 0.5}}
+
+
+def test_set_metrics_colour_family_and_disputed_labels() -> None:
+    m = SetMetrics(TAX)
+    shirt = TAX.category("shirt").id
+    blue, navy, white, off_white = (TAX.attribute(k).id for k in ("colour.blue", "colour.navy", "colour.white",
+                                                                   "colour.off_white"))
+    m.add(shirt, [navy], shirt, [blue])                              # wrong shade, right family
+    m.add(shirt, [off_white], shirt, [white], disputed=("colour",))  # same, but the label is disputed
+    m.add(shirt, [blue], shirt, [white])                             # wrong family
+    c = m.summary()["group_accuracy"]["colour"]
+    assert c["accuracy"] == 0.0 and c["family_accuracy"] == pytest.approx(2 / 3) and c["n"] == 3
+    assert c["undisputed"] == {"n": 2, "accuracy": 0.0, "family_accuracy": 0.5}
+
+
+def test_colour_features_follow_the_pixels() -> None:
+    from shared.vision import presets
+    from shared.vision.attributes import COLOUR_BINS, colour_features
+
+    def bins_of(rgb: tuple[int, int, int]) -> np.ndarray:
+        # a coloured item in the left half of a white product photo, letterboxed as the encoder sees it
+        img = Image.new("RGB", (60, 80), (255, 255, 255))
+        img.paste(Image.new("RGB", (24, 60), rgb), (6, 10))
+        px = presets.to_uint8_tensor(presets.letterbox(img, 160))[None]
+        glob, cells = colour_features(px)
+        assert glob.shape == (1, COLOUR_BINS) and cells.shape == (1, COLOUR_BINS, 10, 10)
+        assert glob.sum() == pytest.approx(1.0) and np.allclose(cells.sum(1), 1.0)
+        return glob[0], cells[0]
+
+    red, red_cells = bins_of((200, 20, 20))
+    blue, _ = bins_of((40, 60, 220))
+    navy, _ = bins_of((20, 25, 90))
+    # the white background is masked out of the foreground histogram: one dominant bin per colour, all different
+    assert red.max() > 0.8 and blue.max() > 0.8 and navy.max() > 0.8
+    assert len({int(red.argmax()), int(blue.argmax()), int(navy.argmax())}) == 3
+    # cells see the item on the left and the white background on the right
+    assert red_cells[red.argmax(), 5, 3] > 0.9 and red_cells[red.argmax(), 5, 8] == 0.0
+
+
+def test_colour_branch_feeds_the_context_and_survives_a_checkpoint(tmp_path: Path) -> None:
+    from shared.vision.attributes import COLOUR_BINS, prepare_batch
+    from training.attributes.engine import export_checkpoint
+
+    torch.manual_seed(0)
+    net = build_attribute_net(encoder="resception_small", embed_dim=16, hidden=32, colour_bins=COLOUR_BINS).eval()
+    imgs = [Image.new("RGB", (40, 50), c) for c in ((200, 20, 20), (20, 20, 200))]
+    x, colour = prepare_batch(imgs, 64, colour=True)
+    with torch.no_grad():
+        emb, maps = net.encode(x)
+        ctx = net.context(emb, colour, maps[32])
+        assert not torch.allclose(ctx, net.img_proj(emb))  # the histograms change the context
+        with pytest.raises(ValueError):
+            net.context(emb)
+    export_checkpoint(net, tmp_path / "ck", {
+        "taxonomy_version": TAX.version, "preprocessing": {"input_size": 64},
+        "architecture": {"encoder": "resception_small", "embed_dim": 16, "hidden": 32, "layers": 2,
+                         "colour_bins": COLOUR_BINS}})
+    loaded = load_attribute_network(tmp_path / "ck")
+    assert loaded.net.colour_bins == COLOUR_BINS
+    for p in recognize_attributes(loaded, imgs):
+        _check_valid(p)
 
 
 def _tiny_data(root: Path) -> Path:

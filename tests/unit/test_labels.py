@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from shared.config import load_settings
-from shared.taxonomy import load_source_labels, load_taxonomy
-from shared.taxonomy.labels import attributes_from_text, label_row, load_labeled, strip_brand_prefix
+from shared.taxonomy import PAD, load_source_labels, load_taxonomy
+from shared.taxonomy.labels import (attributes_from_text, colour_family, label_row, load_labeled,
+                                    strip_brand_prefix)
 
 TAX = load_taxonomy()
 DATA = Path(load_settings().data_dir)
@@ -135,3 +136,40 @@ def test_unknown_dataset_is_rejected() -> None:
            "width": "1", "height": "1"}
     with pytest.raises(ValueError, match="unknown dataset"):
         label_row(row, DATA)
+
+
+def _myntra(title: str, colour: str, category: str = "Tshirts") -> dict[str, str]:
+    return {"id": "myntra_0", "dataset": "myntra_small", "file": "images/myntra/0.jpg", "category": category,
+            "split": "train", "title": title, "gender": "Men", "baseColour": colour, "season": "Summer",
+            "usage": "Casual", "width": "60", "height": "80"}
+
+
+def test_colour_disputed_when_title_and_column_disagree() -> None:
+    # The README's own example: column Blue, title "Jet Black"; both colours stay, the image is marked disputed.
+    it = label_row(_myntra("Reebok Track Pants Jet Black", "Blue", "Track Pants"), DATA)
+    assert {"colour.blue", "colour.black"} <= keys(it.attribute_ids) and it.disputed_groups == ("colour",)
+    agree = label_row(_myntra("Nike Men Black and Silver T-shirt", "Black"), DATA)
+    assert {"colour.black", "colour.silver"} <= keys(agree.attribute_ids) and agree.disputed_groups == ()
+    silent = label_row(_myntra("Nike Men T-shirt", "Navy Blue"), DATA)
+    assert "colour.navy" in keys(silent.attribute_ids) and silent.disputed_groups == ()
+
+
+def test_disputed_colour_targets_are_not_scored() -> None:
+    from training.attributes.data import Sample
+
+    it = label_row(_myntra("Reebok Men Jet Black T-shirt", "Blue"), DATA)
+    seq = tuple(TAX.sequence(it.category_id, it.attribute_ids))
+    s = Sample(it.id, it.dataset, it.split, it.path, None, it.category_id, it.attribute_ids, seq, it.disputed_groups)
+    colour_toks = {TAX.attribute_token(TAX.attribute(k).id) for k in ("colour.blue", "colour.black")}
+    assert colour_toks <= set(seq)
+    tg = s.targets(TAX)
+    assert len(tg) == len(seq) and tg[:2] == seq[:2] and tg[-1] == seq[-1]
+    # only the disputed colours become PAD (ignored by the loss); category, gender, season, usage, EOS are scored
+    assert [(t, q) for t, q in zip(tg, seq) if t != q] == [(PAD, q) for q in seq if q in colour_toks]
+
+
+def test_colour_families_merge_shades() -> None:
+    assert colour_family("colour.navy") == colour_family("colour.blue") == "blue"
+    assert colour_family("colour.off_white") == colour_family("colour.white") == "white"
+    assert colour_family("colour.maroon") == "red" and colour_family("colour.black") == "black"
+    assert colour_family("colour.black") != colour_family("colour.grey")

@@ -208,3 +208,14 @@ def test_data_report_on_the_shared_data_is_clean() -> None:
     assert rep["categories_without_training_images"] == []
     assert rep["unmapped_source_labels"] == {} and rep["label_errors"] == {}
     assert rep["n_categories"] >= 19 and rep["n_attributes"] >= 90
+
+
+def test_every_colour_has_a_family_and_families_group_shades() -> None:
+    colours = [a for a in RAW["attributes"] if a["group"] == "colour"]
+    fams = {a["key"]: a.get("family") for a in colours}
+    assert all(isinstance(f, str) and f for f in fams.values()), fams
+    # every family is named after one of its own members, and only colours carry a family
+    assert {f"colour.{f}" for f in fams.values()} <= set(fams)
+    assert not [a["key"] for a in RAW["attributes"] if a["group"] != "colour" and "family" in a]
+    assert fams["colour.navy"] == "blue" and fams["colour.off_white"] == "white"
+    assert 8 <= len(set(fams.values())) < len(fams)

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from shared.taxonomy import load_taxonomy
+from shared.taxonomy import N_SPECIAL, PAD, load_taxonomy
 from shared.taxonomy.labels import LabeledImage, load_labeled
 from shared.vision import presets
+from shared.vision.attributes import COLOUR_BINS, colour_features
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,15 @@ class Sample:
     category_id: int
     attribute_ids: tuple[int, ...]
     tokens: tuple[int, ...]
+    disputed_groups: tuple[str, ...] = ()  # groups whose sources disagree (shared.taxonomy.labels.LABEL_NOISE_RULE)
+
+    def targets(self, tax) -> tuple[int, ...]:
+        """`tokens` with the tokens of disputed groups replaced by PAD: what training scores (PAD is ignored).
+
+        Inputs stay the full sequence (teacher forcing); only the loss skips the disputed values."""
+        skip = set(self.disputed_groups)
+        a0 = N_SPECIAL + len(tax.categories)
+        return tuple(PAD if t >= a0 and tax.attributes[t - a0].group in skip else t for t in self.tokens)
 
 
 def item_box(item: LabeledImage) -> tuple[float, float, float, float] | None:
@@ -49,7 +59,8 @@ def load_samples(data_dir: str | Path, splits: Sequence[str]) -> list[Sample]:
     for item in load_labeled(data_dir, splits=tuple(splits)):
         assert item.category_id is not None
         out.append(Sample(item.id, item.dataset, item.split, item.path, item_box(item), item.category_id,
-                          tuple(item.attribute_ids), tuple(tax.sequence(item.category_id, item.attribute_ids))))
+                          tuple(item.attribute_ids), tuple(tax.sequence(item.category_id, item.attribute_ids)),
+                          item.disputed_groups))
     return out
 
 
@@ -87,6 +98,24 @@ def cached_pixels(samples: Sequence[Sample], size: int, cache_dir: Path) -> torc
     return out
 
 
+def cached_colour(samples: Sequence[Sample], size: int, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp16 colour inputs of the letterboxed crops (shared.vision.attributes.colour_features), cached on disk:
+    foreground histograms (n, B) and per-cell histograms (n, B, g, g); the mirror view flips the cells."""
+    pixels = cached_pixels(samples, size, cache_dir)
+    path = cache_dir / f"colour_{COLOUR_BINS}_{size}_{_key(size, *(s.id for s in samples), *(s.box for s in samples))}.pt"
+    if path.exists():
+        glob, cells = torch.load(path, weights_only=True)
+        return glob, cells
+    globs, cells = [], []
+    for lo in tqdm(range(0, len(samples), 256), desc="colour histograms", leave=False):
+        g, c = colour_features(pixels[lo: lo + 256])
+        globs.append(torch.from_numpy(g).half())
+        cells.append(torch.from_numpy(c).half())
+    out = (torch.cat(globs), torch.cat(cells))
+    torch.save(out, path)
+    return out
+
+
 @torch.inference_mode()
 def cached_prefix_maps(encoder: torch.nn.Module, encoder_name: str, samples: Sequence[Sample], size: int,
                        stride: int, cache_dir: Path, *, flip: bool = True, batch_size: int = 64,
@@ -104,6 +133,29 @@ def cached_prefix_maps(encoder: torch.nn.Module, encoder_name: str, samples: Seq
         views = [x, x.flip(3)] if flip else [x]
         maps = [encoder.forward_maps(v, upto=stride)[stride].half().cpu() for v in views]
         chunks.append(torch.stack(maps, 1))
+    encoder.train(was_training)
+    out = torch.cat(chunks)
+    torch.save(out, path)
+    return out
+
+
+@torch.inference_mode()
+def cached_later_maps(encoder: torch.nn.Module, store: torch.Tensor, from_stride: int, to_stride: int,
+                      cache_dir: Path, key: str, *, batch_size: int = 64) -> torch.Tensor:
+    """fp16 (n, views, c, h, w): continue cached `from_stride` maps through (frozen) encoder blocks to `to_stride`.
+
+    `key` names the encoder weights (e.g. the checkpoint they came from) and the source cache."""
+    path = cache_dir / f"maps_s{from_stride}to{to_stride}_{_key(key, tuple(store.shape))}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    was_training = encoder.training
+    encoder.eval()
+    n, views = store.shape[:2]
+    chunks = []
+    for lo in tqdm(range(0, n, batch_size), desc=f"maps s{from_stride}->s{to_stride}", leave=False):
+        x = store[lo: lo + batch_size].flatten(0, 1).float()
+        y = encoder.forward_from(x, from_stride, upto=to_stride)[to_stride].half()
+        chunks.append(y.view(-1, views, *y.shape[1:]))
     encoder.train(was_training)
     out = torch.cat(chunks)
     torch.save(out, path)

@@ -9,7 +9,8 @@ Definitions (also in the JSON under "definitions"):
 - nll: mean per-token negative log-likelihood (natural log) of the true sequence after BOS (category, attributes,
   EOS) under teacher forcing, unmasked softmax, averaged over all tokens of the split.
 - group accuracy: over images whose truth has a value in the group, the share whose predicted values in that group
-  equal the true ones exactly.
+  equal the true ones exactly. Colour also by family (the taxonomy's colour `family`: navy ~ blue, off-white ~
+  white) and on images whose colour label is not disputed (shared.taxonomy.labels.LABEL_NOISE_RULE).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from shared.config import load_settings
 from shared.taxonomy import load_taxonomy
-from shared.vision.attributes import analyze_images, decode, decode_rules, images_to_batch, pad_sequences, sequence_nll
+from shared.vision.attributes import analyze_images, decode, decode_rules, pad_sequences, prepare_batch, sequence_nll
 from shared.vision.registry import load_attribute_network
 from training.attributes import data as D
 from training.attributes.engine import SetMetrics
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-images", type=int, default=30, help="images timed one by one with 1 thread (0 = skip)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for the accuracy pass (0 = default)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
+    p.add_argument("--examples", type=int, default=0,
+                   help="also predict this many Colorful Fashion crops of the last split (ids + tokens, for the card)")
     return p
 
 
@@ -64,10 +67,12 @@ def evaluate_split(loaded, samples: list[D.Sample], *, beam: int, batch_size: in
     nll_sum, n_tok = 0.0, 0
     for lo in tqdm(range(0, len(samples), batch_size), desc="evaluate", leave=False, file=sys.stderr):
         chunk = samples[lo: lo + batch_size]
-        x = images_to_batch([D.load_image(s) for s in chunk], loaded.input_size,
-                            channels_last=getattr(net, "channels_last", False)).to(dev)
-        emb, _ = net.encode(x)
-        ctx = net.context(emb)
+        x, colour = prepare_batch([D.load_image(s) for s in chunk], loaded.input_size,
+                                  channels_last=getattr(net, "channels_last", False),
+                                  colour=bool(getattr(net, "colour_bins", 0)))
+        emb, maps = net.encode(x.to(dev))
+        colour = None if colour is None else (colour[0].to(dev), colour[1].to(dev))
+        ctx = net.context(emb, colour, maps.get(32))
         toks = pad_sequences([s.tokens for s in chunk]).to(dev)
         logits, _ = net.step(ctx, toks[:, :-1], net.initial_state(ctx))
         loss, k = sequence_nll(logits, toks[:, 1:])
@@ -75,10 +80,11 @@ def evaluate_split(loaded, samples: list[D.Sample], *, beam: int, batch_size: in
         n_tok += k
         cats = [s.category_id for s in chunk]
         for s, (c, _, pa) in zip(chunk, decode(net, ctx, rules, beam=beam)):
-            auto.add(c, [a for a, _ in pa], s.category_id, s.attribute_ids)
-            by_dataset.setdefault(s.dataset, SetMetrics(tax)).add(c, [a for a, _ in pa], s.category_id, s.attribute_ids)
+            auto.add(c, [a for a, _ in pa], s.category_id, s.attribute_ids, s.disputed_groups)
+            by_dataset.setdefault(s.dataset, SetMetrics(tax)).add(c, [a for a, _ in pa], s.category_id,
+                                                                  s.attribute_ids, s.disputed_groups)
         for s, (c, _, pa) in zip(chunk, decode(net, ctx, rules, beam=beam, categories=cats)):
-            guided.add(c, [a for a, _ in pa], s.category_id, s.attribute_ids)
+            guided.add(c, [a for a, _ in pa], s.category_id, s.attribute_ids, s.disputed_groups)
     a, g = auto.summary(), guided.summary()
     return {
         "n": a["n"], "precision": a["precision"], "recall": a["recall"], "nll": nll_sum / max(n_tok, 1),
@@ -87,9 +93,20 @@ def evaluate_split(loaded, samples: list[D.Sample], *, beam: int, batch_size: in
         "guidance_delta": {k: g[k] - a[k] for k in ("precision", "recall", "attribute_precision_micro",
                                                     "attribute_recall_micro")},
         "by_dataset": {k: {kk: v.summary()[kk] for kk in ("n", "precision", "recall", "category_accuracy",
-                                                           "attribute_precision_micro", "attribute_recall_micro")}
+                                                           "attribute_precision_micro", "attribute_recall_micro",
+                                                           "group_accuracy")}
                        for k, v in sorted(by_dataset.items())},
     }
+
+
+def predict_examples(loaded, samples: list[D.Sample], n: int) -> list[dict[str, Any]]:
+    """Automatic predictions for the first `n` Colorful Fashion crops (street photos: only the category is labelled)."""
+    chosen = [s for s in samples if s.dataset == "colorful_fashion"][:n]
+    tax = load_taxonomy()
+    preds = analyze_images(loaded, [D.load_image(s) for s in chosen], strides=())[0]
+    return [{"id": s.id, "true_category": tax.categories[s.category_id].key, "category": p.category_key,
+             "category_prob": round(p.category_prob, 3),
+             "attributes": [[a.key, round(a.prob, 3)] for a in p.attributes]} for s, p in zip(chosen, preds)]
 
 
 def measure_latency(loaded, samples: list[D.Sample], *, n_images: int, beam: int) -> dict[str, Any]:
@@ -135,15 +152,36 @@ def format_table(result: dict[str, Any]) -> str:
     row("precision, guided", lambda r: r["guided"]["precision"])
     row("recall, guided", lambda r: r["guided"]["recall"])
     row("images", lambda r: r["n"])
+    nan = {"accuracy": float("nan"), "family_accuracy": float("nan"), "n": 0}
+
+    def group(r: dict[str, Any], g: str, k: str = "accuracy") -> float:
+        return r["automatic"]["group_accuracy"].get(g, nan).get(k, float("nan"))
+
+    row("colour exact (automatic)", lambda r: group(r, "colour"))
+    row("colour by family (automatic)", lambda r: group(r, "colour", "family_accuracy"))
+    row("pattern exact (automatic)", lambda r: group(r, "pattern"))
     lines += ["", "group accuracy (automatic / guided), n = images whose truth has the group"]
     last = result["splits"][splits[-1]]
     lines.append(f"  split {splits[-1]}")
     for grp, v in last["automatic"]["group_accuracy"].items():
-        gv = last["guided"]["group_accuracy"].get(grp, {"accuracy": float("nan")})
-        lines.append(f"  {grp:18s} {v['accuracy']:.3f} / {gv['accuracy']:.3f}   n={v['n']}")
-    lines += ["", f"  by dataset ({splits[-1]}): precision / recall / category accuracy"]
+        gv = last["guided"]["group_accuracy"].get(grp, nan)
+        extra = ""
+        if grp == "colour":
+            u = v["undisputed"]
+            extra = (f"   family {v['family_accuracy']:.3f} / {gv['family_accuracy']:.3f}; undisputed labels "
+                     f"(n={u['n']}): exact {u['accuracy']:.3f}, family {u['family_accuracy']:.3f}")
+        lines.append(f"  {grp:18s} {v['accuracy']:.3f} / {gv['accuracy']:.3f}   n={v['n']}{extra}")
+    lines += ["", f"  by dataset ({splits[-1]}): precision / recall / category accuracy; colour exact / family; pattern"]
     for ds, v in last["by_dataset"].items():
-        lines.append(f"  {ds:18s} {v['precision']:.3f} / {v['recall']:.3f} / {v['category_accuracy']:.3f}   n={v['n']}")
+        ga = v["group_accuracy"]
+        col = ga.get("colour")
+        colour = f"{col['accuracy']:.3f} / {col['family_accuracy']:.3f}" if col else "-"
+        pat = f"{ga['pattern']['accuracy']:.3f}" if "pattern" in ga else "-"
+        lines.append(f"  {ds:18s} {v['precision']:.3f} / {v['recall']:.3f} / {v['category_accuracy']:.3f}; "
+                     f"{colour}; {pat}   n={v['n']}")
+    for ex in result.get("examples", []):
+        attrs = ", ".join(f"{k} {p:.2f}" for k, p in ex["attributes"])
+        lines.append(f"  example {ex['id']} (true {ex['true_category']}): {ex['category']} {ex['category_prob']:.2f}; {attrs}")
     lat = result.get("latency")
     if lat:
         lines += ["", f"latency, 1 thread, batch 1, {lat['input_size']} px: median {lat['median_ms']:.1f} ms, "
@@ -179,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     top = result["splits"].get("test") or next(iter(result["splits"].values()))
     result = {"precision": top["precision"], "recall": top["recall"], "nll": top["nll"],
               "category_accuracy": top["category_accuracy"], **result}
+    if args.examples:
+        result["examples"] = predict_examples(loaded, D.load_samples(data_dir, [splits[-1]]), args.examples)
     if args.latency_images and device == "cpu":
         lat_split = "test" if "test" in result["splits"] else splits[-1]
         result["latency"] = measure_latency(loaded, D.load_samples(data_dir, [lat_split]),

