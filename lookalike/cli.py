@@ -17,6 +17,7 @@ DELEGATED: dict[str, dict[str, tuple[str, str]]] = {
         "attributes": ("training.attributes.train", "train the ResCeption/EfficientNet + LSTM attribute generator"),
         "detector": ("training.detector.train", "train the joint Faster R-CNN ROI detector"),
         "features": ("training.retrieval.tune", "fit the appearance-code projection and tune the colour weight"),
+        "embedding": ("training.retrieval.embedding", "train the retrieval encoder + 256-bit tanh head (CPU: hours)"),
     },
     "evaluate": {
         "text": ("training.text.evaluate", "category-from-text accuracy / macro-F1"),

@@ -10,8 +10,10 @@ activations of two layers pooled inside the ROI, binarised at 0; plus a colour h
    (average, or average and max: "avgmax", shipped) over the map cells covered by the crop (the white letterbox
    padding is left out), each part is L2-normalised and the parts are concatenated: the *descriptor*, float32
    (n, D); D = 864 for EfficientNet-Lite0 with avgmax.
-3. The descriptor is centred on the TRAIN-split mean and projected by a fixed matrix learned on the TRAIN split
-   (see `training/retrieval/tune.py`): the *feature*, float32 (n, n_bits).
+3. The descriptor is centred and projected: the *feature*, float32 (n, n_bits). Two kinds of configuration share
+   this form: ImageNet encoder + TRAIN-split mean + PCA/ITQ matrix (`training/retrieval/tune.py`), or an encoder,
+   mean and projection trained together for retrieval with a tanh on top (`training/retrieval/embedding.py`,
+   manifest "activation": "tanh"; tanh keeps the signs, so the code is the same).
 4. `shared.codes.binarize.binarize` turns it into the code: bit j = feature j > 0, packed 8 bits per byte,
    most significant bit first (numpy packbits, bitorder="big"): feature 0 is the high bit of byte 0.
 5. The colour histogram (`colour_histogram`) is taken from the same crop (before step 1's flattening), foreground
@@ -273,6 +275,16 @@ def _pasted_box(img: Image.Image, size: int) -> tuple[int, int, int, int]:
     return x0, y0, x0 + nw, y0 + nh
 
 
+def masked_pool(m: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average and max of a map (n, c, g, g) over the cells where `cells` (n, 1, g, g) is 1: two (n, c) tensors.
+
+    Differentiable: the embedding trainer (training/retrieval/embedding.py) pools exactly as serving does."""
+    assert cells.shape[-2:] == m.shape[-2:], (cells.shape, m.shape)
+    avg = (m * cells).sum(dim=(2, 3)) / cells.sum(dim=(2, 3))
+    mx = m.masked_fill(cells == 0, float("-inf")).amax(dim=(2, 3))
+    return avg, mx
+
+
 @torch.inference_mode()
 def pooled_maps(encoder: nn.Module, images: Sequence[Image.Image], rois: Sequence[Box | None] | None = None, *,
                 input_size: int, layers: Sequence[int] = (16, 32), batch_size: int = 8) -> dict[str, np.ndarray]:
@@ -297,11 +309,7 @@ def pooled_maps(encoder: nn.Module, images: Sequence[Image.Image], rois: Sequenc
         boxes = [_roi_in_letterbox(c, r, input_size) for c, r in zip(chunk, rois[start:start + batch_size])]
         maps = encoder.forward_maps(x, upto=upto)
         for s in layers:
-            m = maps[s].float()
-            cells = _content_cells(boxes, input_size, s).to(device)
-            assert cells.shape[-2:] == m.shape[-2:], (cells.shape, m.shape)
-            avg = (m * cells).sum(dim=(2, 3)) / cells.sum(dim=(2, 3))
-            mx = m.masked_fill(cells == 0, float("-inf")).amax(dim=(2, 3))
+            avg, mx = masked_pool(maps[s].float(), _content_cells(boxes, input_size, s).to(device))
             out[f"avg{s}"].append(avg.cpu().numpy().astype(np.float32))
             out[f"max{s}"].append(mx.cpu().numpy().astype(np.float32))
     return {k: (np.concatenate(v) if v else np.zeros((0, 0), np.float32)) for k, v in out.items()}
@@ -359,7 +367,10 @@ class Features:
 class FeatureExtractor:
     """Encoder + pooling spec + projection + colour weight: everything `extract_features` needs.
 
-    mean: float32 (D,) train-split mean of the descriptors; projection: float32 (D, n_bits).
+    mean: float32 (D,) centring vector; projection: float32 (D, n_bits). For a PCA/ITQ configuration the mean is
+    the TRAIN-split mean of the descriptors and the encoder ImageNet's; for a learned one (`lookalike train
+    embedding`) encoder, mean and projection were trained together and `activation` is "tanh" (the trained float
+    embedding; the sign, hence the code, is the same either way).
     """
 
     encoder: nn.Module
@@ -371,6 +382,7 @@ class FeatureExtractor:
     colour_weight: float = 0.3
     use_colour_mask: bool = True
     flatten_background: bool = True
+    activation: str | None = None  # None or "tanh", applied by `project`
     version: str = FEATURES_VERSION
     meta: dict[str, Any] | None = None
     path: Path | None = None  # the folder it was loaded from
@@ -380,6 +392,8 @@ class FeatureExtractor:
             raise TypeError(f"mean and projection must be float32, got {self.mean.dtype} and {self.projection.dtype}")
         if self.projection.ndim != 2 or self.mean.shape != (self.projection.shape[0],):
             raise ValueError(f"projection must be (D, n_bits) and mean (D,), got {self.projection.shape} and {self.mean.shape}")
+        if self.activation not in (None, "tanh"):
+            raise ValueError(f"activation must be None or 'tanh', got {self.activation!r}")
 
     @property
     def n_bits(self) -> int:
@@ -398,10 +412,13 @@ class FeatureExtractor:
         return descriptors_from_pooled(pooled, layers=self.layers, pooling=self.pooling)
 
     def project(self, descriptors: np.ndarray) -> np.ndarray:
-        """float32 (n, D) -> float32 (n, n_bits): (descriptor - mean) @ projection."""
+        """float32 (n, D) -> float32 (n, n_bits): (descriptor - mean) @ projection, then tanh if `activation`."""
         if descriptors.ndim != 2 or descriptors.shape[1] != self.mean.shape[0]:
             raise ValueError(f"descriptors must be (n, {self.mean.shape[0]}), got {descriptors.shape}")
-        return np.ascontiguousarray((descriptors - self.mean[None, :]) @ self.projection, dtype=np.float32)
+        out = (descriptors - self.mean[None, :]) @ self.projection
+        if self.activation == "tanh":
+            out = np.tanh(out)
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, encoder: nn.Module | None = None,
@@ -419,15 +436,15 @@ class FeatureExtractor:
                              f"v{ISOLATE_VERSION}: refit it (lookalike train features)")
         tensors = load_file(str(folder / meta.get("file", "projection.safetensors")))
         if encoder is None:
-            encoder = build_feature_encoder(meta["encoder"])
+            encoder = build_feature_encoder(meta["encoder"], folder)
         encoder.to(device).to(memory_format=torch.channels_last).eval()
         return cls(encoder=encoder, mean=tensors["mean"].astype(np.float32),
                    projection=tensors["projection"].astype(np.float32),
                    input_size=int(meta["input_size"]), layers=tuple(int(s) for s in meta["layers"]),
                    pooling=str(meta["pooling"]), colour_weight=float(meta["colour_weight"]),
                    use_colour_mask=bool(meta.get("colour_mask", True)),
-                   flatten_background=bool(meta.get("flatten_background", True)), version=str(meta["version"]),
-                   meta=meta, path=folder)
+                   flatten_background=bool(meta.get("flatten_background", True)),
+                   activation=meta.get("activation"), version=str(meta["version"]), meta=meta, path=folder)
 
 
 def default_features_dir() -> Path:
@@ -437,14 +454,30 @@ def default_features_dir() -> Path:
     return load_settings().models_dir / FEATURES_DIR
 
 
-def build_feature_encoder(spec: dict[str, Any]) -> nn.Module:
-    """The encoder a manifest names: {"source": "registry", "name": ..., "pretrained": bool} or
+def build_feature_encoder(spec: dict[str, Any], folder: str | Path | None = None) -> nn.Module:
+    """The encoder a manifest names: {"source": "registry", "name": ..., "pretrained": bool},
+    {"source": "file", "name": ..., "file": weights in the manifest's `folder`} (trained for retrieval by
+    `lookalike train embedding`; fp16 safetensors of the blocks up to stride 32) or
     {"source": "attributes", "path": optional folder} (the fine-tuned encoder of the attribute network)."""
     source = spec.get("source", "registry")
     if source == "registry":
         from shared.vision.registry import build_encoder
 
         return build_encoder(spec["name"], pretrained=bool(spec.get("pretrained", True))).eval()
+    if source == "file":
+        from safetensors.torch import load_file
+
+        from shared.vision.registry import build_encoder
+
+        if folder is None:
+            raise ValueError("an encoder of source 'file' needs the features folder")
+        net = build_encoder(spec["name"])
+        state = {k: v.float() for k, v in load_file(str(Path(folder) / spec["file"])).items()}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        # The head conv after stride 32 is never used by the appearance feature, so it is not shipped.
+        if unexpected or any(not k.startswith(("_conv_head.", "_bn1.")) for k in missing):
+            raise ValueError(f"{spec['file']}: unexpected {unexpected[:3]}, missing {missing[:3]}")
+        return net.eval()
     if source == "attributes":
         from shared.vision.registry import load_attribute_network
 

@@ -347,3 +347,39 @@ def test_ground_truth_roi_is_largest_box_of_the_category() -> None:
              SimpleNamespace(category_id=7, xyxy=(0, 0, 100, 100)))
     assert ground_truth_roi(SimpleNamespace(boxes=boxes, category_id=4)) == (0, 0, 30, 20)
     assert ground_truth_roi(SimpleNamespace(boxes=(), category_id=4)) is None
+
+
+def test_tanh_activation_keeps_the_code() -> None:
+    """A learned configuration's float feature is tanh of the projection: same signs, so the same code."""
+    ex = tiny_extractor(32)
+    imgs = [photo(i) for i in range(4)]
+    plain = extract_features(ex, imgs)
+    ex.activation = "tanh"
+    squashed = extract_features(ex, imgs)
+    np.testing.assert_allclose(squashed.feats, np.tanh(plain.feats), atol=1e-6)
+    assert np.array_equal(squashed.codes, plain.codes) and np.abs(squashed.feats).max() <= 1.0
+    with pytest.raises(ValueError):
+        FeatureExtractor(encoder=ex.encoder, mean=ex.mean, projection=ex.projection, activation="relu")
+
+
+def test_street_to_shop_uses_catalogue_only() -> None:
+    """Street-photo queries are ranked against catalogue items only; other street photos never count."""
+    from pathlib import Path
+
+    from training.retrieval.data import RetrievalItem
+    from training.retrieval.evaluate import street_to_shop
+
+    def item(i: int, dataset: str, cat: int) -> RetrievalItem:
+        return RetrievalItem(id=str(i), dataset=dataset, path=Path("x"), split="test", category_id=cat, colour=None,
+                             roi=None)
+
+    items = [item(0, "colorful_fashion", 1), item(1, "colorful_fashion", 1), item(2, "myntra_small", 1),
+             item(3, "myntra_small", 2), item(4, "clothing_dataset", 2)]
+    feats = np.array([[1, 0], [1, 0], [0.9, 0.1], [0, 1], [-1, 0]], np.float32)
+    codes = binarize(np.array([[1, 1], [1, 1], [1, 1], [-1, 1], [-1, -1]], np.float32))
+    colours = np.full((5, N_COLOUR_BINS), 1.0 / N_COLOUR_BINS, np.float32)
+    res = street_to_shop(items, np.arange(5), feats, feats, codes, colours, colour_weight=0.1, n_bits=2)
+    assert res["n_queries"] == 2 and res["n_catalogue"] == 3
+    m = res["rows"]["float_projected_cosine"]
+    assert m["map"] == 1.0 and m["p_at_1"] == 1.0 and m["n_queries"] == 2  # item 2 is the one relevant, ranked first
+    assert res["rows"]["combined"]["p_at_1"] == 1.0

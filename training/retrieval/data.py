@@ -93,23 +93,26 @@ def roi_crop(item: RetrievalItem) -> Image.Image:
     return presets.crop(open_image(item.path), item.roi)
 
 
-def alter(img: Image.Image, rng: random.Random) -> Image.Image:
+def alter(img: Image.Image, rng: random.Random, *, keep: tuple[float, float] = (0.80, 0.95),
+          scale: tuple[float, float] = (0.6, 1.4), pad: tuple[float, float] = (0.0, 0.15),
+          brightness: tuple[float, float] = (0.8, 1.2), quality: tuple[int, int] = (30, 60)) -> Image.Image:
     """A UKB-style altered copy: random crop keeping 80-95% of each side, rescale x0.6-1.4, padding on a random
-    background colour (0-15% per side), brightness x0.8-1.2, JPEG quality 30-60."""
+    background colour (0-15% per side), brightness x0.8-1.2, JPEG quality 30-60 (the defaults are the evaluation
+    protocol; the embedding trainer passes wider ranges of the same kinds)."""
     w, h = img.size
-    fw, fh = rng.uniform(0.80, 0.95), rng.uniform(0.80, 0.95)
+    fw, fh = rng.uniform(*keep), rng.uniform(*keep)
     cw, ch = max(2, round(w * fw)), max(2, round(h * fh))
     x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
     out = img.crop((x0, y0, x0 + cw, y0 + ch))
-    s = rng.uniform(0.6, 1.4)
+    s = rng.uniform(*scale)
     out = out.resize((max(8, round(cw * s)), max(8, round(ch * s))), Image.BILINEAR)
     bg = tuple(rng.randint(0, 255) for _ in range(3))
-    pads = [round(rng.uniform(0.0, 0.15) * (out.size[0] if i % 2 == 0 else out.size[1])) for i in range(4)]
+    pads = [round(rng.uniform(*pad) * (out.size[0] if i % 2 == 0 else out.size[1])) for i in range(4)]
     canvas = Image.new("RGB", (out.size[0] + pads[0] + pads[2], out.size[1] + pads[1] + pads[3]), bg)
     canvas.paste(out, (pads[0], pads[1]))
-    out = ImageEnhance.Brightness(canvas).enhance(rng.uniform(0.8, 1.2))
+    out = ImageEnhance.Brightness(canvas).enhance(rng.uniform(*brightness))
     buf = io.BytesIO()
-    out.save(buf, format="JPEG", quality=rng.randint(30, 60))
+    out.save(buf, format="JPEG", quality=rng.randint(*quality))
     buf.seek(0)
     with Image.open(buf) as back:
         return back.convert("RGB")
