@@ -343,7 +343,8 @@ def run_poison(api: str, settings: Settings) -> dict:
 
 
 def run_kill(api: str, settings: Settings, photos: list[bytes], tries: int = 4) -> dict:
-    """SIGKILL the worker's pool processes while a job runs; seconds until that listing is ready."""
+    """SIGKILL the worker's pool processes while a job runs; seconds until that job is claimed again (retried)
+    and until it finishes."""
     from sqlalchemy import text
 
     report = read_report(settings.var_dir) or {}
@@ -358,15 +359,16 @@ def run_kill(api: str, settings: Settings, photos: list[bytes], tries: int = 4) 
                                                           f"kill-{uuid.uuid4().hex[:8]}", "title": "Kill test"},
                               files={"image": ("a.jpg", photos[(attempt * 4 + i) % len(photos)])}, timeout=TIMEOUT_S)
             ids.append(r.json()["listing_id"])
-        victim, deadline = None, time.monotonic() + 60
-        while victim is None and time.monotonic() < deadline:
+        row, deadline = None, time.monotonic() + 60
+        while row is None and time.monotonic() < deadline:
             with engine.connect() as c:
-                victim = c.execute(text("SELECT listing_id FROM jobs WHERE status = 'running' AND listing_id = ANY(:i) "
-                                        "LIMIT 1"), {"i": ids}).scalar_one_or_none()
-            if victim is None:
+                row = c.execute(text("SELECT listing_id, id, attempts FROM jobs WHERE status = 'running' "
+                                     "AND listing_id = ANY(:i) LIMIT 1"), {"i": ids}).one_or_none()
+            if row is None:
                 time.sleep(0.01)
-        if victim is None:
+        if row is None:
             continue
+        victim, job_id, attempts_at_kill = row
         killed = []
         for child in psutil.Process(worker_pid).children(recursive=True):
             try:
@@ -375,18 +377,24 @@ def run_kill(api: str, settings: Settings, photos: list[bytes], tries: int = 4) 
             except psutil.Error:
                 pass
         t0 = time.monotonic()
-        status, attempts = None, None
+        retried_s = done_s = None
+        status = job_status = None
         while time.monotonic() - t0 < 180:
             with engine.connect() as c:
-                row = c.execute(text("SELECT l.status, max(j.attempts) AS attempts FROM listings l JOIN jobs j "
-                                     "ON j.listing_id = l.id WHERE l.id = :l GROUP BY l.status"), {"l": victim}).one()
-            status, attempts = row.status, row.attempts
-            if status in ("ready", "failed"):
+                row = c.execute(text("SELECT j.status, j.attempts, l.status AS listing_status FROM jobs j JOIN "
+                                     "listings l ON l.id = j.listing_id WHERE j.id = :j"), {"j": job_id}).one()
+            job_status, status = row.status, row.listing_status
+            if retried_s is None and row.attempts > attempts_at_kill:  # claimed again: the retry started
+                retried_s = time.monotonic() - t0
+            if job_status not in ("queued", "running"):
+                done_s = time.monotonic() - t0
                 break
             time.sleep(0.25)
         engine.dispose()
-        return {"listing_id": victim, "killed_pids": killed, "status": status, "attempts": attempts,
-                "seconds_to_done_after_kill": round(time.monotonic() - t0, 1), "tries": attempt + 1}
+        return {"listing_id": victim, "job_id": job_id, "killed_pids": killed, "attempts_at_kill": attempts_at_kill,
+                "seconds_to_retry": None if retried_s is None else round(retried_s, 1),
+                "seconds_to_job_finished": None if done_s is None else round(done_s, 1),
+                "job_status": job_status, "listing_status": status, "tries": attempt + 1}
     engine.dispose()
     return {"error": f"no job was caught running in {tries} tries"}
 
