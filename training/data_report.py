@@ -20,6 +20,7 @@ import numpy as np
 from shared.config import load_settings
 from shared.taxonomy import Taxonomy, load_source_labels, load_taxonomy
 from shared.taxonomy.labels import LabeledImage, attributes_from_text, label_row, load_boxes, strip_brand_prefix
+from training.provenance import data_dir_label
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def build_report(data_dir: Path) -> dict:
     box_cats = Counter(tax.categories[b.category_id].key for it in items.values() for b in it.boxes)
     multi = sum(1 for it in labelled if len({b.category_id for b in it.boxes}) >= 2)
     return {
-        "data_dir": str(data_dir),
+        "data_dir": data_dir_label(data_dir),
         "taxonomy_version": tax.version,
         "n_categories": len(tax.categories),
         "n_attributes": len(tax.attributes),

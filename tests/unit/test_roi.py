@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.config import REPO_ROOT
+from shared.config import REPO_ROOT, load_settings
 from shared.taxonomy import load_taxonomy
 from shared.vision import roi
 from training.detector import data as ddata
@@ -19,7 +19,7 @@ from training.detector import engine
 
 TAX = load_taxonomy()
 CAT = {c.key: c.id for c in TAX.categories}
-DATA_DIR = Path("/work/shared/data")
+DATA_DIR = Path(load_settings().data_dir)
 
 
 @pytest.fixture(scope="module", autouse=True)

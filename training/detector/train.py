@@ -27,6 +27,7 @@ from shared.taxonomy import load_taxonomy
 from shared.vision import roi
 from training.detector import data as ddata
 from training.detector import engine
+from training.provenance import data_dir_label
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "step": step, "data_hash": data_hash, "args": vars(args) | {"data": str(data_dir), "out": str(out)},
+                    "step": step, "data_hash": data_hash, "args": vars(args) | {"data": data_dir_label(data_dir), "out": str(out)},
                     "elapsed_s": elapsed_before + time.time() - started}, tmp)
         tmp.replace(ckpt_path)
 
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "class_offset": 1,
         "preprocessing": {"input": "RGB float in [0,1]", "normalize": "(x*255 - 127) / 128",
                           "min_size": args.size, "max_size": args.size, "resize": "longer side = max_size"},
-        "data_dir": str(data_dir),
+        "data_dir": data_dir_label(data_dir),
         "data_hash": data_hash,
         "n_train_images": len(samples),
         "command": "lookalike train detector " + shlex.join(argv if argv is not None else sys.argv[1:]),

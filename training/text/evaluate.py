@@ -30,6 +30,7 @@ from shared.taxonomy import Taxonomy, load_taxonomy
 from shared.taxonomy.labels import LabeledImage, load_labeled
 from shared.text.categorize import TextCategorizer
 from training.text import engine
+from training.provenance import data_dir_label
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def evaluate(cat: TextCategorizer, data_dir: Path, split: str, tax: Taxonomy) ->
     """Everything `lookalike evaluate text` reports, as one JSON-able dict."""
     items = load_labeled(data_dir, splits=(split,))
     examples = engine.titled_examples(items)
-    res: dict = {"split": split, "data_dir": str(data_dir), "n_rows": len(items), "n_titled": len(examples),
+    res: dict = {"split": split, "data_dir": data_dir_label(data_dir), "n_rows": len(items), "n_titled": len(examples),
                  "n_untitled": len(items) - len(examples)}
     if not examples:
         res["note"] = (f"no row of split {split!r} in {data_dir} has a title: text metrics need titles "

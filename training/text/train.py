@@ -28,6 +28,7 @@ from shared.taxonomy import load_taxonomy
 from shared.taxonomy.labels import load_labeled
 from shared.text.categorize import N_FEATURES, Thresholds
 from training.text import engine
+from training.provenance import data_dir_label
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         mismatch = ev.mismatch_metrics(cat, items_test, split["test"], tax)
         manifest = {
             "name": "text_category", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "data_hash": dhash, "data_dir": str(data_dir),
+            "data_hash": dhash, "data_dir": data_dir_label(data_dir),
             "command": "lookalike train text " + " ".join(sys.argv[1:] if argv is None else argv),
             "n_seen_buckets": int(seen.size),
             "training": {"C": best_C, "synonym_examples_per_synonym": args.synonym_examples, "C_grid": {f"{c:g}": {"val_log_loss": v[1], "val_accuracy": v[2]}
