@@ -67,7 +67,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from workers.celery_app import configure
 
         app = configure(settings)
-        argv = ["worker", "-B", "--loglevel", settings.log_level, "--concurrency", str(settings.worker_concurrency),
+        # No -B: the reconciler is a thread of this main process (workers.tasks), not a beat child that can die alone.
+        argv = ["worker", "--loglevel", settings.log_level, "--concurrency", str(settings.worker_concurrency),
                 "-Q", "lookalike", "--without-gossip", "--without-mingle"]
         app.worker_main(argv)
     return 0

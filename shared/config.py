@@ -122,7 +122,7 @@ class Settings:
                                 "(search and listing uploads)", 2)
     api_queue: int = _opt(_int(0, 1000), "requests that may wait for one of those slots; beyond it the API answers "
                           "503 with Retry-After at once", 4)
-    api_queue_wait_s: float = _opt(_float(0.0), "longest wait for a slot before a 503 with Retry-After, seconds", 1.0)
+    api_queue_wait_s: float = _opt(_float(0.0), "longest wait for a slot before a 503 with Retry-After, seconds", 0.5)
     api_heavy_pixels: int = _opt(_int(0), "uploads that decode more pixels than this (JPEG counts a quarter) run in "
                                  "the heavy lane, so they cannot crowd out ordinary searches", 8_000_000)
     api_heavy_concurrency: int = _opt(_int(1, 64), "heavy-lane requests one API process runs at once; more get "

@@ -5,9 +5,12 @@ Task names are stable strings because messages already in Redis refer to them.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from celery import Task
+from celery.signals import worker_ready
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 from sqlalchemy import Engine
@@ -95,6 +98,25 @@ def reindex_task(self: PipelineTask, admin_job_id: int) -> int:
     from workers import reindex
 
     return reindex.run_reindex(admin_job_id, engine=self.engine, models=self.models, enqueue=enqueue_jobs)
+
+
+@worker_ready.connect
+def _start_reconcile_ticker(**_: object) -> None:
+    """Send jobs.reconcile every reconcile_interval_s from a thread of the worker's main process. Not an embedded
+    beat: that is a child process a SIGKILL or the OOM killer can take with the pool, after which nothing would
+    re-send stuck jobs; this thread lives exactly as long as the worker (which `lookalike up` restarts)."""
+    interval = app_settings().reconcile_interval_s
+    threading.Thread(target=_reconcile_ticker, args=(interval,), name="reconcile-ticker", daemon=True).start()
+
+
+def _reconcile_ticker(interval: float) -> None:
+    while True:
+        try:
+            # expires: after a pool outage, stale ticks are dropped instead of running back to back.
+            reconcile_task.apply_async(expires=max(2.0, interval * 2), retry=True, retry_policy=PUBLISH_RETRY)
+        except BROKER_ERRORS as exc:
+            logger.warning("could not send the reconcile tick (broker unavailable): %s", exc)
+        time.sleep(interval)
 
 
 def enqueue_jobs(job_ids: list[int], *, engine: Engine) -> int:
