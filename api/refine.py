@@ -28,8 +28,9 @@ from shared.taxonomy import Taxonomy
 __all__ = ["RefineRequest", "parse_refine", "TARGET_COLOUR_WEIGHT", "search_refined", "add_why", "response_fields",
            "palette_search"]
 
-# Weight of the colour term when the shopper names a colour (the photo's own colour term keeps the daemon's tuned
-# weight): chosen on the val split with `lookalike evaluate edits --split val` (see training/edits).
+# Weight of the colour term for a free #rrggbb or a palette with a photo: nothing filters by it, so it must move the
+# ranking visibly. A taxonomy colour keeps the daemon's tuned weight: its attribute already guarantees the colour, and
+# on the val split a larger weight only pushed the top 10 further from the photo (`lookalike evaluate edits`).
 TARGET_COLOUR_WEIGHT = 0.3
 MAX_PALETTE = 3
 _SPLIT = re.compile(r"[,\s]+")
@@ -63,7 +64,11 @@ class RefineRequest:
         out: dict[str, Any] = {"require": list(self.require), "exclude": list(self.exclude), "facets": self.facets}
         if self.target is not None:
             out["target_colour"] = [float(x) for x in self.target]
-            out["colour_weight"] = TARGET_COLOUR_WEIGHT if photo else 1.0
+            named = self.colour is not None and self.colour.attribute_id is not None
+            if not photo:
+                out["colour_weight"] = 1.0
+            elif not named:
+                out["colour_weight"] = TARGET_COLOUR_WEIGHT
         if not photo:
             out["appearance"] = False
         return out

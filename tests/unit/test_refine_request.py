@@ -25,8 +25,9 @@ def test_short_form_requires_excludes_and_recolours():
     assert r.colour.key == "colour.navy" and r.colour.hex == SWATCHES["navy"]
     np.testing.assert_allclose(r.target, colour_histogram_of(SWATCHES["navy"]))
     fields = r.daemon_fields()
-    assert fields["require"] == list(r.require) and fields["colour_weight"] == TARGET_COLOUR_WEIGHT
-    assert "appearance" not in fields
+    # A named colour keeps the daemon's tuned weight; a free #rrggbb gets TARGET_COLOUR_WEIGHT.
+    assert fields["require"] == list(r.require) and "colour_weight" not in fields and "appearance" not in fields
+    assert parse_refine({"edit": "#123456"}, TAX).daemon_fields()["colour_weight"] == TARGET_COLOUR_WEIGHT
 
 
 def test_object_form_and_hex_colour_is_soft():
