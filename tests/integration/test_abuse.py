@@ -220,3 +220,25 @@ def test_large_png_search_is_cheap_and_boxes_stay_in_client_pixels(live_system):
                       data={"rect": "300,330,2700,2970"}, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["query"]["roi"]["box"] == [300.0, 330.0, 2700.0, 2970.0]  # client pixels, not work pixels
+
+
+def test_embedded_redis_is_restarted_on_its_port(tmp_path):
+    """What the `up` supervisor does when the embedded Redis dies: same port, so every child's URL still works."""
+    import os
+    import signal
+
+    from lookalike.services import EmbeddedServices, _redis_ping
+
+    services = EmbeddedServices(var_dir=tmp_path)
+    services.start_redis()
+    try:
+        port, pid = services._redis_port, services._redis_pid
+        assert services.redis_alive() and _redis_ping(port)
+        os.kill(pid, signal.SIGKILL)
+        services._redis_proc.wait(10)
+        assert not services.redis_alive()
+        services.restart_redis()
+        assert services.redis_alive() and services._redis_pid != pid and services._redis_port == port
+        assert _redis_ping(port)
+    finally:
+        services._stop_redis()
