@@ -165,3 +165,14 @@ def test_constraint_rows_and_validation(snap):
         Refinement(facets=1001)
     with pytest.raises(ValueError, match="target colour"):
         Refinement(appearance=False)
+
+
+def test_a_facet_search_reports_the_same_page_as_a_plain_one(items, snap):
+    ids, cats, attrs, codes, colours = items
+    kw = dict(code=codes[5], colour=colours[5], category_id=None, attribute_ids=[1, 4, 9], k=15, offset=3,
+              colour_weight=0.1)
+    plain = snap.search(**kw)
+    out = refined_search(snap, **kw, refinement=Refinement(facets=300))
+    assert out.result.listing_ids.tolist() == plain.listing_ids.tolist()
+    assert out.result.query_attribute_ids == (1, 4, 9) and (out.result.matched == plain.matched).all()
+    assert [h.matched_attribute_ids for h in out.result.hits] == [h.matched_attribute_ids for h in plain.hits]

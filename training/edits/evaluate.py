@@ -102,7 +102,7 @@ def evaluate(data_dir: Path, *, split: str, colour_weights: tuple[float, ...], l
     queries = [i for i, it in enumerate(labeled) if it.dataset == "myntra_small" and set(attrs[i]) & colour_ids]
     if limit:
         queries = queries[:limit]
-    weights = tuple(dict.fromkeys((None,) + tuple(colour_weights)))
+    weights = (None,) + tuple(w for w in dict.fromkeys(colour_weights) if w != w0)  # None: the tuned weight
     rows: dict[str, dict[str, list[float]]] = {}
     per_query = []
 
