@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from index_daemon import loader
 from index_daemon.holder import SnapshotHolder
 from shared.index.postings import IndexSnapshot
+from shared.index.refine import prepare as prepare_facets
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class Reloader:
         gen, model_version, last_seq, items = loader.load_generation(self.engine)
         snap = (EmptySnapshot(gen or 0) if items is None or len(items) == 0
                 else IndexSnapshot.from_items(items, generation=gen, sequence=last_seq))
+        if isinstance(snap, IndexSnapshot):
+            prepare_facets(snap)
         elapsed = time.perf_counter() - t0
         self.holder.swap(snap, status="ready", generation=gen, model_version=model_version, last_seq=last_seq,
                          loaded_at=time.time(), load_seconds=elapsed, error=None)
@@ -65,6 +68,7 @@ class Reloader:
         missing = sorted(set(batch.upserted) - found)
         deletes = np.asarray(batch.deleted + missing, dtype=np.int64)
         snap = current.apply(items if items is not None and len(items) else None, deletes, sequence=batch.last_seq)
+        prepare_facets(snap)  # the small delta (and, after a merge, the new base)
         self.holder.swap(snap, last_seq=batch.last_seq)
         return len(batch.upserted) + len(batch.deleted)
 
