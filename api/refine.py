@@ -50,7 +50,12 @@ class RefineRequest:
 
     @property
     def active(self) -> bool:
-        return bool(self.require or self.exclude or self.target is not None or self.facets)
+        return self.filters or bool(self.facets)
+
+    @property
+    def filters(self) -> bool:
+        """Whether the ranking itself changes (attributes required / excluded, or a target colour)."""
+        return bool(self.require or self.exclude or self.target is not None)
 
     def check_applicable(self, tax: Taxonomy, category_id: int) -> None:
         """400 naming every required / excluded attribute that does not apply to the search's category."""
@@ -267,13 +272,21 @@ def parse_refine(body: dict[str, Any], tax: Taxonomy) -> RefineRequest:
 # Wiring for api/search.py: the edited index call, the palette-only search, and the response parts.
 
 
-def search_refined(res: Any, analysis: Any, refine: RefineRequest, tax: Taxonomy, *, k: int, offset: int) -> Any:
-    """The daemon's answer for an edited search. An edit refines within the query's own category (the one its
-    attributes were validated against), so it is one exact scan even where a plain search merges a few categories."""
+def search_refined(res: Any, analysis: Any, refine: RefineRequest, tax: Taxonomy, *, k: int, offset: int,
+                   plain: Callable[..., Any]) -> Any:
+    """The daemon's answer for a refined search. An edit refines within the query's own category (the one its
+    attributes were validated against): one exact scan, even where a plain search merges a few categories. Facets
+    alone leave the results to `plain(res, analysis, k=, offset=)` and count over the query's category."""
     refine.check_applicable(tax, analysis.category_id)
-    return res.index.search(code=analysis.code, colour=analysis.colour, category_id=analysis.category_id,
-                            attribute_ids=[a.attribute_id for a in analysis.attributes], k=k, offset=offset,
-                            refine=refine.daemon_fields())
+    fields = refine.daemon_fields()
+    q = dict(code=analysis.code, colour=analysis.colour, category_id=analysis.category_id,
+             attribute_ids=[a.attribute_id for a in analysis.attributes])
+    if refine.filters:
+        return res.index.search(**q, k=k, offset=offset, refine=fields)
+    reply = plain(res, analysis, k=k, offset=offset)
+    counted = res.index.search(**q, k=1, offset=0, refine=fields)
+    return dataclasses.replace(reply, facets=counted.facets, matched=counted.matched,
+                               weights=reply.weights or counted.weights)
 
 
 def add_why(results: list[dict[str, Any]], reply: Any, tax: Taxonomy, query_attribute_ids: list[int]) -> None:
