@@ -16,6 +16,7 @@ DELEGATED: dict[str, dict[str, tuple[str, str]]] = {
         "text": ("training.text.train", "train the text -> category model on the train split"),
         "attributes": ("training.attributes.train", "train the ResCeption/EfficientNet + LSTM attribute generator"),
         "detector": ("training.detector.train", "train the joint Faster R-CNN ROI detector"),
+        "ranker": ("training.detector.ranker", "fit the item ranker (which detected item a photo is about)"),
         "features": ("training.retrieval.tune", "fit the appearance-code projection and tune the colour weight"),
         "embedding": ("training.retrieval.embedding", "train the retrieval encoder + 256-bit tanh head (CPU: hours)"),
     },

@@ -276,3 +276,92 @@ def test_shipped_checkpoint_finds_products() -> None:
         res = roi.detect_rois(loaded, ddata.image_of(sample), category_id=sample.guided_category)
         hits += int(engine.box_iou(np.array([res.chosen.xyxy]), sample.boxes).max() >= 0.5)
     assert hits >= 6, f"only {hits}/8 product boxes found"
+
+
+# ------------------------------------------------------------------------------- items and the item ranker
+
+
+def _box(box, cat, score) -> roi.Roi:
+    return roi.Roi(xyxy=tuple(float(v) for v in box), category_id=CAT[cat], score=score)
+
+
+def test_merge_items_joins_cross_class_duplicates_only() -> None:
+    from shared.vision.items import merge_items
+
+    rois = [_box((10, 10, 110, 210), "shirt", 0.9), _box((12, 11, 111, 205), "jacket", 0.6),  # one top, two classes
+            _box((30, 260, 60, 290), "footwear", 0.95), _box((70, 260, 100, 290), "footwear", 0.2),
+            _box((0, 0, 5, 5), "bag", 0.02)]  # too weak to be an item of its own
+    items = merge_items(rois, merge_iou=0.6, min_score=0.1)
+    assert [TAX.category(i.category_id).key for i in items] == ["footwear", "shirt", "footwear"]
+    top = items[1]
+    assert top.class_scores == {CAT["shirt"]: 0.9, CAT["jacket"]: 0.6} and top.xyxy == (10, 10, 110, 210)
+    assert len(merge_items(rois, merge_iou=0.99, min_score=0.1)) == 4  # no merge: the jacket stays its own item
+    assert merge_items([], merge_iou=0.5, min_score=0.1) == []
+
+
+def test_ranker_prefers_the_garment_and_probabilities_sum_to_one() -> None:
+    from shared.vision.items import area_score_ranker, item_features
+
+    rois = [_box((40, 20, 200, 300), "dress", 0.8), _box((60, 320, 90, 345), "footwear", 0.97),
+            _box((150, 150, 190, 200), "bag", 0.9)]
+    ranker = area_score_ranker(min_score=0.3)
+    items = ranker.rank(rois, 256, 360)
+    assert TAX.category(items[0].category_id).key == "dress"
+    assert abs(sum(i.probability for i in items) - 1) < 1e-9 and items[0].probability > 0.5
+    assert [i.probability for i in items] == sorted((i.probability for i in items), reverse=True)
+    f = item_features(items, 256, 360)
+    assert f.shape[0] == 3 and np.isfinite(f).all()
+    assert ranker.rank([], 256, 360) == []
+
+
+def test_ranker_json_round_trip_and_shipped_ranker(tmp_path: Path) -> None:
+    from shared.vision.items import DEFAULT_RANKER, ItemRanker, area_score_ranker, load_ranker
+
+    r = area_score_ranker(merge_iou=0.7, min_score=0.05)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(r.to_json()))
+    back = load_ranker(path)
+    assert np.allclose(back.weights, r.weights) and back.merge_iou == 0.7 and back.min_score == 0.05
+    with pytest.raises(ValueError, match="weights"):
+        ItemRanker.from_json({**r.to_json(), "weights": [1.0, 2.0]})
+    assert load_ranker(tmp_path / "absent.json").version == "area-score"  # the documented fallback rule
+    shipped = load_ranker(DEFAULT_RANKER)
+    if DEFAULT_RANKER.exists():
+        test = shipped.meta["metrics"]["test"]["option1_pick_hit50"]
+        assert test["ranker"]["colorful_fashion"] > test["highest_score"]["colorful_fashion"]
+
+
+def test_item_category_never_contradicts_the_box() -> None:
+    from shared.pipeline import item_category
+    from shared.vision.items import Item
+
+    shoe = Item(xyxy=(0, 0, 10, 10), category_id=CAT["footwear"], score=0.95, class_scores={CAT["footwear"]: 0.95})
+    cat, source, conf, searched = item_category(TAX, shoe, CAT["shirt"], 0.9)  # the crop reads "shirt": refused
+    assert (cat, source, conf) == (CAT["footwear"], "detector", 0.95) and searched == [(CAT["footwear"], 0.95)]
+    top = Item(xyxy=(0, 0, 10, 10), category_id=CAT["shirt"], score=0.7,
+               class_scores={CAT["shirt"]: 0.7, CAT["jacket"]: 0.4})
+    cat, source, conf, searched = item_category(TAX, top, CAT["tshirt"], 0.6)  # same group: the crop decides
+    assert (cat, source) == (CAT["tshirt"], "detector+image") and conf == pytest.approx(0.6)
+    assert [c for c, _ in searched] == [CAT["tshirt"], CAT["shirt"], CAT["jacket"]]  # uncertain: likely ones too
+    cat, source, conf, searched = item_category(TAX, top, CAT["shirt"], 0.9)  # both agree: confident, one category
+    assert cat == CAT["shirt"] and conf > 0.9 and len(searched) == 1
+    cat, source, conf, searched = item_category(TAX, None, CAT["bag"], 0.5)  # no detection: the image decides
+    assert (cat, source, searched) == (CAT["bag"], "image", [(CAT["bag"], 0.5)])
+
+
+def test_option1_metrics_on_hand_made_photos() -> None:
+    from shared.vision.items import Item
+    from training.detector import ranker
+
+    def sample(boxes, labels, cat):
+        return ddata.DetectionSample(id="x", dataset="colorful_fashion", path=Path("x"), split="test", width=100,
+                                     height=100, boxes=np.array(boxes, np.float32), labels=np.array(labels),
+                                     guided_category=cat, box_source="annotated")
+
+    s1 = sample([(0, 0, 50, 80), (10, 85, 20, 95)], [CAT["dress"], CAT["footwear"]], CAT["dress"])
+    s2 = sample([(0, 0, 50, 50)], [CAT["jacket"]], CAT["jacket"])
+    good = [Item(xyxy=(0, 0, 50, 78), category_id=CAT["dress"], score=0.9),
+            Item(xyxy=(10, 85, 20, 95), category_id=CAT["bag"], score=0.9)]  # right box, wrong class: no recall
+    bad = [Item(xyxy=(60, 60, 90, 90), category_id=CAT["jacket"], score=0.9)]
+    assert ranker.pick_hit50([s1, s2], [good, bad]) == {"colorful_fashion": 0.5, "overall": 0.5}
+    assert ranker.item_recall50([s1, s2], [good, bad])["overall"] == 0.3333  # rounded to 4 places
