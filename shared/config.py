@@ -116,7 +116,7 @@ class Settings:
     max_image_aspect: float = _opt(_float(1.0), "largest accepted ratio of an image's longer side to its shorter side",
                                    20.0)
     decode_max_side: int = _opt(_int(64, 4096), "images are decoded straight to this longer side at most (JPEG at "
-                                "reduced scale, others reduced before conversion): what the networks need", 512)
+                                "reduced scale, others reduced before conversion): what the networks need", 384)
     api_threads: int = _opt(_int(1, 256), "HTTP threads of the API (waitress)", 16)
     api_concurrency: int = _opt(_int(1, 64), "image decodes + network passes one API process runs at once "
                                 "(search and listing uploads)", 2)
