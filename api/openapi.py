@@ -20,6 +20,10 @@ def openapi_document() -> dict[str, Any]:
         "image_url": {"type": "string", "description": "or a public http(s) URL of the photo"},
         "category": {"type": "string", "description": "option 2: a category key from /v1/categories"},
         "rect": {"type": "string", "description": "option 3: 'x0,y0,x1,y1' in pixels of the photo"},
+        "item": {"type": "integer", "minimum": 0, "maximum": 7,
+                 "description": "option 1: search this item of the photo's `items` (default 0, the most likely)"},
+        "expand": {"type": "string", "enum": ["all"],
+                   "description": "'all': every item of `items` also carries its own `query` category and `results`"},
         "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
         "offset": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 0},
         **OPENAPI_REQUEST_FIELDS,
@@ -90,8 +94,22 @@ def openapi_document() -> dict[str, Any]:
                                                            "message": {"type": "string"}}},
                 "SearchResponse": {"type": "object", "properties": {
                     "option": {"type": "integer"},
-                    "query": {"type": "object", "description": "predicted category (with source), attributes "
-                                                               "with probabilities, ROI and fallback"},
+                    "query": {"type": "object", "description": "category {key, name, source (shopper | text | "
+                              "image | detector | detector+image), confidence, searched: the category keys whose "
+                              "listings were ranked together}, item (index of the searched item or null), "
+                              "attributes with probabilities, roi {box, fallback}, detections"},
+                    "items": {"type": "array", "description": "every distinct item in the photo (cross-class "
+                              "duplicate boxes merged), most likely first", "items": {"type": "object", "properties": {
+                        "index": {"type": "integer"}, "category": {"type": "string"}, "name": {"type": "string"},
+                        "box": {"type": "array", "items": {"type": "number"}, "description": "x0, y0, x1, y1 px"},
+                        "score": {"type": "number", "description": "detector score of the item's box"},
+                        "probability": {"type": "number", "description": "how likely the photo is about this "
+                                                                         "item (sums to 1 over items)"},
+                        "chosen": {"type": "boolean", "description": "this item's region was searched"},
+                        "search": {"type": "object", "description": "fields that search this item again: `item` "
+                                   "(option 1, same photo) or `rect` + `category` (option 3)"},
+                        "query": {"type": "object", "description": "with expand=all: the item's category block"},
+                        "results": {"type": "array", "description": "with expand=all: the item's results"}}}},
                     "results": {"type": "array", "items": {"type": "object", "properties": {
                         "listing_id": {"type": "integer"}, "title": {"type": "string"},
                         "image": {"type": "string"}, "score": {"type": "number"},

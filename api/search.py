@@ -3,6 +3,11 @@
 Query options: 1) automatic category (nothing else given); 2) `category`: the shopper's category guides
 attributes and the ROI; 3) `rect` = "x0,y0,x1,y1" in image pixels: the shopper's rectangle replaces the
 detector (a category may be given with it).
+
+Every response lists the photo's `items` (one per distinct item, most likely first, each with the `rect` and
+`category` that search it as option 3). Option 1 searches the first item, or `item=<index>` (same photo, same
+detections, so the indexes are stable); `expand=all` adds every item's own results. When the region's category is
+not certain, the few likely categories are searched and merged exactly (`query.category.searched`).
 """
 from __future__ import annotations
 
@@ -11,21 +16,23 @@ import time
 from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 
-from api import resources
+from api.resources import resources
 from api.admission import admitted
 from api.forms import fields, int_field, str_field, uploaded_image
+from api.refine import add_why, palette_search, parse_refine, response_fields, search_refined
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from shared.db.models import Listing
 from shared.db.session import session_scope
 from shared.errors import InvalidInput
 from shared.fetch import fetch_image_bytes
-from shared.imaging import decode_image, in_source_pixels, source_size, to_work_box
-from shared.pipeline import analyze
+from shared.imaging import decode_image, in_source_pixels, source_size, to_source_box, to_work_box
+from shared.pipeline import Analysis, analyze
 from shared.taxonomy import load_taxonomy
 
 bp = Blueprint("search", __name__, url_prefix="/v1")
 MAX_K = 100
 MAX_OFFSET = 1000
+MAX_ITEMS = 8  # shared.vision.items.ItemRanker.max_items: an item index above it cannot exist
 
 
 def parse_rect(raw: object, width: int, height: int) -> tuple[float, float, float, float] | None:
@@ -55,6 +62,10 @@ def search():
     body = fields(request)
     data = uploaded_image(request)
     url = str_field(body, "image_url")
+    refine = parse_refine(body, load_taxonomy())  # edit / palette / facets (api/refine.py)
+    if data is None and url is None and refine.palette:  # "navy and white shirts": no photo, colour only
+        return jsonify(palette_search(res, body, load_taxonomy(), refine, results_fn=_results, max_k=MAX_K,
+                                      max_offset=MAX_OFFSET))
     if data is None and url is None:
         raise InvalidInput("send an image file (field 'image') or an image_url")
     if data is None:
@@ -73,11 +84,70 @@ def search():
     k = int_field(body, "k", default=20, minimum=1, maximum=MAX_K)
     offset = int_field(body, "offset", default=0, minimum=0, maximum=MAX_OFFSET)
     option = 3 if rect is not None else 2 if category is not None else 1
+    item = None if body.get("item") in (None, "") else int_field(body, "item", default=0, minimum=0,
+                                                                  maximum=MAX_ITEMS - 1)
+    if item is not None and option != 1:
+        raise InvalidInput("item picks one of the photo's items for option 1: send it without category or rect")
+    expand = str_field(body, "expand")
+    if expand not in (None, "all"):
+        raise InvalidInput("expand must be 'all' (every item's results) or absent")
 
-    analysis = in_source_pixels(analyze(res.models, image, category_key=category, rect=to_work_box(image, rect),
-                                        source="shopper"), image)
-    reply = res.index.search(code=analysis.code, colour=analysis.colour, category_id=analysis.category_id,
-                             attribute_ids=[a.attribute_id for a in analysis.attributes], k=k, offset=offset)
+    try:
+        work = analyze(res.models, image, category_key=category, rect=to_work_box(image, rect), source="shopper",
+                       item=item)
+    except IndexError as exc:
+        raise InvalidInput(str(exc)) from None
+    analysis = in_source_pixels(work, image)
+    reply = (search_refined(res, analysis, refine, tax, k=k, offset=offset, plain=_search) if refine.active
+             else _search(res, analysis, k=k, offset=offset))
+    results = _results(res, reply, tax)
+    add_why(results, reply, tax, [a.attribute_id for a in analysis.attributes])
+    items = _items_json(work, image, tax)
+    if expand == "all":  # every other item's own search, reusing this photo's detections
+        for i, entry in enumerate(items):
+            if i == work.item_index and option == 1:
+                entry["query"], entry["results"] = analysis.as_json(tax)["category"], results
+                continue
+            sub = analyze(res.models, image, source="shopper", item=i, detections=work.detections)
+            entry["query"] = sub.as_json(tax)["category"]
+            entry["results"] = _results(res, _search(res, sub, k=k, offset=offset), tax)
+    elapsed = (time.perf_counter() - t0) * 1000
+    SEARCHES.labels(option=str(option)).inc()
+    SEARCH_LATENCY.labels(option=str(option)).observe(elapsed / 1000)
+    return jsonify({
+        "option": option,
+        "query": analysis.as_json(tax),
+        "items": items,
+        "results": results, "k": k, "offset": offset, "next_offset": offset + len(reply.hits),
+        "index": {"generation": reply.generation, "items": reply.n_items, "scanned": reply.scanned,
+                  "search_ms": round(reply.elapsed_ms, 3)},
+        "timings_ms": {**{k2: round(v, 1) for k2, v in analysis.timings_ms.items()}, "total": round(elapsed, 1)},
+        **response_fields(refine, reply, tax),
+    })
+
+
+def _search(res, analysis: Analysis, *, k: int, offset: int):
+    """The index's answer for one analysed region: its category, or the few likely ones merged exactly."""
+    cats = [c for c, _ in analysis.searched] or [analysis.category_id]
+    return res.index.search_categories(code=analysis.code, colour=analysis.colour, category_ids=cats,
+                                       attribute_ids=[a.attribute_id for a in analysis.attributes], k=k,
+                                       offset=offset)
+
+
+def _items_json(work: Analysis, image, tax) -> list[dict]:
+    """The photo's items in client pixels, each with the option-3 fields that search it again."""
+    out = []
+    for i, it in enumerate(work.items):
+        box = [round(v, 1) for v in to_source_box(image, it.xyxy)]
+        key = tax.category(it.category_id).key
+        out.append({"index": i, "category": key, "name": tax.category(it.category_id).name, "box": box,
+                    "score": round(it.score, 4), "probability": round(it.probability, 4),
+                    "chosen": i == work.item_index,
+                    "search": {"item": i, "rect": ",".join(f"{v:g}" for v in box), "category": key}})
+    return out
+
+
+def _results(res, reply, tax) -> list[dict]:
     ids = [h.listing_id for h in reply.hits]
     with session_scope(res.engine) as s:
         rows = {r.id: r for r in s.execute(select(Listing.id, Listing.title, Listing.seller_id, Listing.external_id)
@@ -94,14 +164,4 @@ def search():
             "colour_distance": round(h.colour_distance, 6),
             "matched_attributes": [tax.attribute(a).key for a in h.matched_attribute_ids],
         })
-    elapsed = (time.perf_counter() - t0) * 1000
-    SEARCHES.labels(option=str(option)).inc()
-    SEARCH_LATENCY.labels(option=str(option)).observe(elapsed / 1000)
-    return jsonify({
-        "option": option,
-        "query": analysis.as_json(tax),
-        "results": results, "k": k, "offset": offset, "next_offset": offset + len(reply.hits),
-        "index": {"generation": reply.generation, "items": reply.n_items, "scanned": reply.scanned,
-                  "search_ms": round(reply.elapsed_ms, 3)},
-        "timings_ms": {**{k2: round(v, 1) for k2, v in analysis.timings_ms.items()}, "total": round(elapsed, 1)},
-    })
+    return results

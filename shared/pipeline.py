@@ -1,8 +1,15 @@
 """The one image pipeline, called by ingestion (workers) and by search (API) alike:
 
 category (seller/shopper choice, else the seller's text, else the image) -> ROI (shopper rectangle, else the
-detector, guided by the category when known) -> attributes on the ROI (guided generation when the category
-is known) -> appearance code and colour histogram of the ROI.
+detector, guided by the category when known, else the item the photo is most likely about) -> attributes on the
+ROI (guided generation when the category is known) -> appearance code and colour histogram of the ROI.
+
+Every photo's detections are also merged into `items` (one per distinct item, ranked by `shared.vision.items`), so
+a search can list them and search any of them. Category rule when nobody chose one (`item_category`): the region's
+category must agree with the region: the attribute network's reading of the crop is kept when it is one of the
+item's detector classes or a category of the same top / bottom group as the item's class (the detector cannot tell a
+t-shirt from a shirt in a street photo; the attribute network can); otherwise the detector's class wins and the
+attributes are generated guided by it.
 
 Attributes are read from the ROI crop rather than the whole photo so that a street photo's attributes
 describe the item being sold or searched, not the whole outfit.
@@ -22,6 +29,7 @@ from PIL import Image
 
 from shared.config import Settings
 from shared.taxonomy import Taxonomy, load_taxonomy
+from shared.vision.items import Item, box_iou
 from shared.vision.presets import crop
 
 logger = logging.getLogger(__name__)
@@ -50,6 +58,10 @@ class Analysis:
     colour: np.ndarray  # float32 (n_bins,), sums to 1
     colour_quantized: bytes
     timings_ms: dict[str, float] = field(default_factory=dict)
+    items: list[Item] = field(default_factory=list)  # every distinct item, most likely first
+    item_index: int | None = None  # the item whose box is the ROI (None: a shopper rectangle or guided box off-item)
+    searched: list[tuple[int, float]] = field(default_factory=list)  # (category id, weight): categories to search
+    detections: list[Any] = field(default_factory=list)  # every raw detection (Roi), to re-analyse another item
 
     def roi_rows(self) -> list[dict[str, Any]]:
         """Rows for the rois table: the chosen ROI first, then the other detections."""
@@ -69,7 +81,9 @@ class Analysis:
     def as_json(self, tax: Taxonomy) -> dict[str, Any]:
         return {
             "category": {"key": self.category_key, "name": tax.category(self.category_id).name,
-                         "source": self.category_source, "confidence": round(self.category_confidence, 4)},
+                         "source": self.category_source, "confidence": round(self.category_confidence, 4),
+                         "searched": [tax.category(c).key for c, _ in self.searched] or [self.category_key]},
+            "item": self.item_index,
             "attributes": [{"key": a.key, "name": tax.attribute(a.attribute_id).name,
                             "probability": round(a.probability, 4)} for a in self.attributes],
             "roi": {"box": [round(v, 1) for v in self.roi], "fallback": self.roi_fallback},
@@ -99,6 +113,7 @@ class Models:
     attribute_version: str
     detector_version: str
     features_version: str
+    ranker: Any = None  # shared.vision.items.ItemRanker (query-time choice only: not part of model_version)
 
     @property
     def model_version(self) -> str:
@@ -109,6 +124,7 @@ class Models:
     def load(cls, settings: Settings) -> "Models":
         from shared.text.categorize import TextCategorizer
         from shared.vision.features import FeatureExtractor
+        from shared.vision.items import load_ranker
         from shared.vision.registry import load_attribute_network
         from shared.vision.roi import load_detector
 
@@ -120,8 +136,9 @@ class Models:
         attributes = load_attribute_network(root / "attributes")
         detector = load_detector(root / "detector", device="cpu" if not torch.cuda.is_available() else None)
         features = FeatureExtractor.load(root / "features")
+        ranker = load_ranker(root / "ranker" / "ranker.json")
         models = cls(taxonomy=load_taxonomy(), text=text, attributes=attributes, detector=detector,
-                     features=features,
+                     features=features, ranker=ranker,
                      attribute_version=_checkpoint_version(root / "attributes", attributes.meta),
                      detector_version=_checkpoint_version(root / "detector", detector.meta),
                      features_version=str(features.version))
@@ -129,14 +146,62 @@ class Models:
         return models
 
 
+# A category the attribute network reads on an item's crop is accepted when it is one of these groups as the item's
+# detector class (garment subtypes); for "others" (shoes, bags, dresses, ...) only the detector's own classes count.
+GROUP_MATES = ("top", "bottom")
+# Several categories are searched when the chosen one is not this sure; at most this many, each with at least
+# this much evidence (detector score of a merged class, or the attribute network's probability).
+CONFIDENT = 0.9
+MAX_SEARCHED = 3
+MIN_SEARCH_EVIDENCE = 0.2
+# A shopper rectangle or a guided box is "that item" when it overlaps the item's box this much.
+SAME_ITEM_IOU = 0.5
+
+
+def item_category(tax: Taxonomy, item: Item | None, image_category: int, image_prob: float
+                  ) -> tuple[int, str, float, list[tuple[int, float]]]:
+    """The category of a region (see the module docstring): (category id, source, confidence, categories to search
+    as (id, evidence), the chosen one first). item None = no detection covers the region: the image decides."""
+    if item is None:
+        return image_category, "image", image_prob, [(image_category, image_prob)]
+    own = tax.category(item.category_id).group
+    allowed = set(item.class_scores) | ({c.id for c in tax.categories if c.group == own} if own in GROUP_MATES else set())
+    if image_category in allowed:
+        det = item.class_scores.get(image_category, item.score)
+        # Both agree on the exact class: either may be right; otherwise the detector vouches only for the group.
+        conf = 1 - (1 - det) * (1 - image_prob) if image_category in item.class_scores else image_prob
+        chosen, source = image_category, "detector+image"
+    else:
+        chosen, source, conf = item.category_id, "detector", item.score
+    searched = [(chosen, conf)]
+    if conf < CONFIDENT:
+        extra = dict(item.class_scores)
+        if image_category in allowed:
+            extra[image_category] = max(extra.get(image_category, 0.0), image_prob)
+        for c, e in sorted(extra.items(), key=lambda kv: (-kv[1], kv[0])):
+            if c != chosen and e >= MIN_SEARCH_EVIDENCE and len(searched) < MAX_SEARCHED:
+                searched.append((c, e))
+    return chosen, source, conf, searched
+
+
+def _matching_item(items: list[Item], box: tuple[float, float, float, float]) -> int | None:
+    if not items:
+        return None
+    iou = box_iou(np.array([box]), np.array([it.xyxy for it in items]))[0]
+    j = int(iou.argmax())
+    return j if iou[j] >= SAME_ITEM_IOU else None
+
+
 def analyze(models: Models, image: Image.Image, *, title: str = "", description: str = "",
             category_key: str | None = None, rect: tuple[float, float, float, float] | None = None,
-            source: str = "seller") -> Analysis:
+            source: str = "seller", item: int | None = None, detections: list[Any] | None = None) -> Analysis:
     """Run the pipeline on one decoded RGB photo. `category_key` is the seller's or shopper's choice
-    (`source` says whose); `rect` is a shopper-drawn rectangle in image pixels."""
+    (`source` says whose); `rect` is a shopper-drawn rectangle in image pixels; `item` picks one of the photo's
+    items (default the most likely) when neither is given; `detections` reuses an earlier detector pass."""
     from shared.vision.attributes import analyze_images
     from shared.vision.features import extract_features, quantize_colours
-    from shared.vision.roi import detect_rois
+    from shared.vision.items import area_score_ranker
+    from shared.vision.roi import choose_roi, detect_all
 
     tax = models.taxonomy
     timings: dict[str, float] = {}
@@ -153,19 +218,38 @@ def analyze(models: Models, image: Image.Image, *, title: str = "", description:
     timings["category_text"] = (time.perf_counter() - t) * 1000
 
     t = time.perf_counter()
+    rois = list(detections) if detections is not None else detect_all(models.detector, image)
+    ranker = models.ranker or area_score_ranker()
+    items = ranker.rank(rois, image.width, image.height)
+    strong = [r for r in rois if r.score >= 0.3]  # detect_rois' threshold for the guided choice and stored boxes
+    item_index: int | None = None
     if rect is not None:
         roi, fallback, boxes = tuple(float(v) for v in rect), "shopper_rect", []
-    else:
-        found = detect_rois(models.detector, image, category_id=category_id)
+        item_index = _matching_item(items, roi)
+    elif category_id is not None:
+        found = choose_roi(strong, width=image.width, height=image.height, category_id=category_id, tax=tax)
         roi, fallback, boxes = tuple(found.chosen.xyxy), found.fallback, list(found.boxes)
+        item_index = _matching_item(items, roi) if fallback != "whole_image" else None
+    elif items:
+        if item is not None and not 0 <= item < len(items):
+            raise IndexError(f"item {item} does not exist: the photo has {len(items)} items")
+        item_index = 0 if item is None else item
+        roi, fallback, boxes = items[item_index].xyxy, "none", sorted(strong, key=lambda r: -r.score)
+    else:
+        roi, fallback, boxes = (0.0, 0.0, float(image.width), float(image.height)), "whole_image", []
     timings["detect"] = (time.perf_counter() - t) * 1000
 
     t = time.perf_counter()
     region = crop(image, roi)
     preds, _ = analyze_images(models.attributes, [region], category_id=category_id, strides=())
     pred = preds[0]
+    searched: list[tuple[int, float]] = [(category_id, cat_conf)] if category_id is not None else []
     if category_id is None:
-        category_id, cat_source, cat_conf = pred.category_id, "image", float(pred.category_prob)
+        evidence = items[item_index] if item_index is not None else None
+        category_id, cat_source, cat_conf, searched = item_category(tax, evidence, pred.category_id,
+                                                                    float(pred.category_prob))
+        if category_id != pred.category_id:  # the detector overruled the crop's reading: attributes of its class
+            pred = analyze_images(models.attributes, [region], category_id=category_id, strides=())[0][0]
     attributes = [AttributeOut(a.attribute_id, a.key, float(a.prob)) for a in pred.attributes]
     timings["attributes"] = (time.perf_counter() - t) * 1000
 
@@ -177,6 +261,5 @@ def analyze(models: Models, image: Image.Image, *, title: str = "", description:
     return Analysis(category_id=category_id, category_key=tax.category(category_id).key,
                     category_source=cat_source, category_confidence=cat_conf, attributes=attributes,
                     roi=roi, roi_fallback=fallback, boxes=boxes, code=feats.codes[0].tobytes(), colour=colour,
-                    colour_quantized=quantize_colours(colour[None, :])[0].tobytes(), timings_ms=timings)
-
-
+                    colour_quantized=quantize_colours(colour[None, :])[0].tobytes(), timings_ms=timings,
+                    items=items, item_index=item_index, searched=searched, detections=rois)

@@ -19,7 +19,8 @@
     whole_image: "Whole photo (no item detected)",
     shopper_rect: "Your rectangle",
   };
-  const SOURCE_TEXT = { shopper: "chosen by you", image: "from the photo", text: "from the text", seller: "seller" };
+  const SOURCE_TEXT = { shopper: "chosen by you", image: "from the photo", text: "from the text", seller: "seller",
+                        detector: "from the detected item", "detector+image": "from the detected item" };
   const OPTION_TEXT = { 1: "Automatic category", 2: "Your category", 3: "Your rectangle" };
 
   const $ = (id) => document.getElementById(id);
@@ -30,6 +31,8 @@
     canvas: $("photo"),
     roiBox: $("roi-box"),
     roiLabel: $("roi-label"),
+    itemsLayer: $("items-layer"),
+    querySearched: $("query-searched"),
     shopperRect: $("shopper-rect"),
     noPreview: $("no-preview"),
     noPreviewName: $("no-preview-name"),
@@ -65,10 +68,12 @@
     width: 0, // natural size of the photo in pixels: what rect and ROI coordinates refer to
     height: 0,
     rect: null, // shopper rectangle [x0, y0, x1, y1] in photo pixels
+    item: null, // index of the detected item to search (option 1), set by clicking its outline
     drag: null,
     query: null, // the parameters of the last search, reused by "Load more"
     nextOffset: 0,
     attributeNames: {},
+    categoryNames: {}, // category key -> display name, from /v1/categories
     seq: 0, // only the newest request may update the page
     controller: null,
   };
@@ -88,7 +93,10 @@
       for (const [group, cats] of groups) {
         const og = document.createElement("optgroup");
         og.label = group ? group.charAt(0).toUpperCase() + group.slice(1) : "Other";
-        for (const c of cats) og.append(new Option(c.name, c.key));
+        for (const c of cats) {
+          og.append(new Option(c.name, c.key));
+          state.categoryNames[c.key] = c.name;
+        }
         el.category.append(og);
       }
       el.category.dataset.loaded = "true";
@@ -108,6 +116,7 @@
     state.file = file;
     state.fileName = file.name || "photo";
     state.rect = null;
+    state.item = null;
     state.query = null;
     if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
     state.objectUrl = URL.createObjectURL(file);
@@ -239,6 +248,7 @@
 
   function onPointerDown(e) {
     if (!state.image || e.button !== 0) return;
+    if (e.target.closest && e.target.closest(".item-tag")) return; // a click on an item, not a rectangle
     e.preventDefault();
     el.stage.setPointerCapture(e.pointerId);
     el.canvas.focus({ preventScroll: true });
@@ -309,12 +319,13 @@
     const params = append
       ? state.query
       : { file: state.file, fileName: state.fileName, category: el.category.value,
-          rect: state.rect ? rectParam() : "" };
+          rect: state.rect ? rectParam() : "", item: state.item };
     const offset = append ? state.nextOffset : 0;
     const form = new FormData();
     form.append("image", params.file, params.fileName);
     if (params.category) form.append("category", params.category);
     if (params.rect) form.append("rect", params.rect);
+    if (params.item != null && !params.category && !params.rect) form.append("item", String(params.item));
     form.append("k", String(PAGE_SIZE));
     form.append("offset", String(offset));
     if (window.LookalikeRefine) window.LookalikeRefine.addFields(form, params); // edit + facets (refine.js)
@@ -387,6 +398,7 @@
       for (const a of q.attributes || []) state.attributeNames[a.key] = a.name;
       renderAnalysis(body);
       renderRoi(q.roi);
+      renderItems(body.items || []);
       el.results.replaceChildren();
     }
     const frag = document.createDocumentFragment();
@@ -413,8 +425,14 @@
     if (cat.source === "image" && typeof cat.confidence === "number") source += ` · ${pct(cat.confidence)}`;
     el.queryCategorySource.textContent = source;
     el.queryCategorySource.dataset.source = cat.source || "";
+    if (cat.source === "detector+image" && typeof cat.confidence === "number") source += ` · ${pct(cat.confidence)}`;
+    const searched = (cat.searched || []).map((key) => state.categoryNames[key] || key);
+    el.querySearched.textContent = searched.length > 1 ? `${searched.join(", ")} (category uncertain)` : searched.join("");
+    el.querySearched.dataset.categories = (cat.searched || []).join(",");
     const roi = q.roi || {};
     el.queryRoi.textContent = FALLBACK_TEXT[roi.fallback] || roi.fallback || "";
+    const chosen = (body.items || []).find((it) => it.chosen);
+    if (chosen) el.queryRoi.textContent += ` · item ${chosen.index + 1} of ${body.items.length}`;
     el.queryRoi.dataset.fallback = roi.fallback || "";
     el.queryOption.textContent = `Option ${body.option}: ${OPTION_TEXT[body.option] || ""}`;
     el.queryOption.dataset.option = String(body.option);
@@ -526,6 +544,39 @@
   function clearAnalysis() {
     el.analysis.hidden = true;
     renderRoi(null);
+    renderItems([]);
+  }
+
+  /** Every detected item as a labelled outline; its tag is a button that searches that item (option 1, `item`). */
+  function renderItems(items) {
+    el.itemsLayer.replaceChildren();
+    if (!state.image) return;
+    for (const it of items) {
+      const box = document.createElement("div");
+      box.className = "overlay item-box";
+      box.classList.toggle("chosen", !!it.chosen);
+      box.dataset.testid = "item-box";
+      box.dataset.index = String(it.index);
+      box.dataset.category = it.category;
+      box.dataset.box = it.box.join(",");
+      placeBox(box, it.box);
+      const tag = document.createElement("button");
+      tag.type = "button";
+      tag.className = "item-tag";
+      tag.dataset.testid = "item-tag";
+      tag.setAttribute("aria-pressed", String(!!it.chosen));
+      tag.textContent = `${it.index + 1}. ${it.name} ${pct(it.probability)}`;
+      tag.setAttribute("aria-label", `Search item ${it.index + 1}: ${it.name}, ${pct(it.probability)} likely the one you mean`);
+      tag.addEventListener("click", () => {
+        state.item = it.index;
+        state.rect = null; // the item replaces a rectangle and a chosen category: it carries its own
+        el.category.value = "";
+        renderRect();
+        search(false);
+      });
+      box.append(tag);
+      el.itemsLayer.append(box);
+    }
   }
 
   function showError(message) {

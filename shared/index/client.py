@@ -69,13 +69,15 @@ class IndexClient:
                            facets=body.get("facets"))
 
     def search_categories(self, *, code: bytes, colour: np.ndarray, category_ids: list[int],
-                          attribute_ids: list[int], k: int, offset: int) -> SearchReply:
+                          attribute_ids: list[int], k: int, offset: int,
+                          refine: dict[str, Any] | None = None) -> SearchReply:
         """Hits [offset, offset + k) of several categories ranked together. Exact: a listing's score does not depend
         on the category scanned, so each category's top (offset + k) is fetched and merged by (score, listing id),
-        the daemon's own order."""
-        if len(category_ids) == 1:
+        the daemon's own order. A refined search (edits, facets) scans the first category only: its counts and
+        required attributes are per category."""
+        if len(category_ids) == 1 or refine:
             return self.search(code=code, colour=colour, category_id=category_ids[0], attribute_ids=attribute_ids,
-                               k=k, offset=offset)
+                               k=k, offset=offset, refine=refine)
         depth = offset + k
         hits: list[Hit] = []
         replies = []

@@ -231,6 +231,15 @@ def choose_roi(rois: Sequence[Roi], *, width: int, height: int, category_id: int
     return RoiResult(boxes=[], chosen=whole, fallback="whole_image")
 
 
+def detect_all(loaded: LoadedDetector, image: Image.Image) -> list[Roi]:
+    """Every detection of one image (score >= the network's box_score_thresh, 0.01), score-descending: the raw
+    material of `shared.vision.items` (low-score boxes still count as class evidence there)."""
+    loaded.net.eval()
+    with torch.inference_mode():
+        out = loaded.net([image_to_input(image).to(loaded.device)])[0]
+    return _raw_rois(out, 0.0)
+
+
 def detect_rois(loaded: LoadedDetector, image: Image.Image, *, category_id: int | None = None,
                 score_threshold: float = 0.3) -> RoiResult:
     """Detect fashion items in one image; guided by the listing's category when `category_id` is given."""

@@ -34,7 +34,7 @@ def test_search_finds_an_indexed_listing_by_its_own_photo(live_system):
     assert body["results"], body
     assert body["results"][0]["external_id"] == external_id  # the same photo ranks first
     q = body["query"]
-    assert q["category"]["source"] in ("image", "text")
+    assert q["category"]["source"] in ("image", "detector", "detector+image")  # option 1: from the photo
     assert len(q["roi"]["box"]) == 4
     first = body["results"][0]
     assert {"score", "appearance_distance", "colour_distance", "matched_attributes", "title"} <= set(first)

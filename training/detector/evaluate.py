@@ -10,6 +10,10 @@ Definitions (also in models/detector/MODEL_CARD.md):
   all-points AP with greedy per-class matching at the IoU threshold; mAP = mean over classes with ground truth.
 - Secondary ("all boxes" ground truth): same, but the ground truth of a street photo is every annotated box
   of every class, so guided filtering also throws away correct detections of the photo's other items.
+- Option 1 (no category, no rectangle), per dataset and overall, with the item ranker (shared.vision.items):
+  option1_pick_hit50 = share of photos whose first item has IoU >= 0.5 with a box of the photo's labelled
+  category; item_recall50 = share of labelled boxes (every class) matched by some returned item of the same
+  category with IoU >= 0.5.
 """
 from __future__ import annotations
 
@@ -26,9 +30,11 @@ import torch
 from tqdm import tqdm
 
 from shared.config import load_settings
+from shared.vision import items as vitems
 from shared.vision import roi
 from training.detector import data as ddata
 from training.detector import engine
+from training.detector import ranker as dranker
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-threads", default="2,1", help="comma-separated thread counts to time")
     p.add_argument("--score-threshold", type=float, default=0.3, help="detect_rois threshold for fallback stats")
     p.add_argument("--device", default="auto", help="auto / cpu / cuda for the mAP pass (latency is always CPU)")
+    p.add_argument("--ranker", type=Path, default=None, help="item ranker JSON (default models/ranker/ranker.json)")
     return p.parse_args(argv)
 
 
@@ -83,11 +90,13 @@ def measure_latency(loaded: roi.LoadedDetector, samples: list[ddata.DetectionSam
 
 
 def evaluate(loaded: roi.LoadedDetector, samples: list[ddata.DetectionSample], pixels: list[torch.Tensor], *,
-             score_threshold: float = 0.3, progress=None) -> dict:
-    """Table-3 figures, AP per class and guided-fallback statistics for decoded samples."""
+             score_threshold: float = 0.3, progress=None, ranker: vitems.ItemRanker | None = None) -> dict:
+    """Table-3 figures, AP per class, guided-fallback statistics and option-1 item figures for decoded samples."""
     tax = loaded.taxonomy
     n_cat = len(tax.categories)
     dets = engine.detect_samples(loaded.net, samples, pixels, device=loaded.device, progress=progress)
+    ranked = dranker.rank_all(ranker or vitems.load_ranker(), samples, dets)
+    pick, recall = dranker.pick_hit50(samples, ranked), dranker.item_recall50(samples, ranked)
     res: dict = engine.table3(samples, dets, num_categories=n_cat, gt="listing")
     res["all_boxes_gt"] = engine.table3(samples, dets, num_categories=n_cat, gt="all")
     # The test split is mostly small Myntra product photos: report each source on its own too.
@@ -96,7 +105,9 @@ def evaluate(loaded: roi.LoadedDetector, samples: list[ddata.DetectionSample], p
         idx = [i for i, s in enumerate(samples) if s.dataset == ds]
         sub_s, sub_d = [samples[i] for i in idx], [dets[i] for i in idx]
         res["by_dataset"][ds] = {"n_images": len(idx), **engine.table3(sub_s, sub_d, num_categories=n_cat, gt="listing"),
-                                 "all_boxes_gt": engine.table3(sub_s, sub_d, num_categories=n_cat, gt="all")}
+                                 "all_boxes_gt": engine.table3(sub_s, sub_d, num_categories=n_cat, gt="all"),
+                                 "option1_pick_hit50": pick.get(ds), "item_recall50": recall.get(ds)}
+    res["option1_pick_hit50"], res["item_recall50"] = pick["overall"], recall["overall"]
     ap = {(mode, gt): engine.per_class_ap(samples, dets, num_categories=n_cat, iou=0.5, guided=mode == "guided", gt=gt)
           for mode in ("guided", "non_guided") for gt in ("listing", "all")}
     per_class = {}
@@ -173,6 +184,10 @@ def print_table(res: dict, out=sys.stdout) -> None:
           f" {pc['n_gt_all']:5d} {f(pc['guided_ap50_all_gt'])} {f(pc['non_guided_ap50_all_gt'])}\n")
     w(f"\nguided fallback (score >= {res['score_threshold']}): {res['guided_fallback']}\n")
     w(f"chosen ROI hits the listing's item (IoU >= 0.5): {res['chosen_roi_hit50']}\n")
+    w(f"option 1 (item ranker {res.get('ranker', '?')}): option1_pick_hit50 overall {res['option1_pick_hit50']:.4f}, "
+      f"item_recall50 overall {res['item_recall50']:.4f}\n")
+    for ds, sub in res.get("by_dataset", {}).items():
+        w(f"  {ds:<20} option1_pick_hit50 {_f(sub['option1_pick_hit50'])}   item_recall50 {_f(sub['item_recall50'])}\n")
     lat = res.get("latency_ms")
     if lat:
         w(f"\nCPU latency per image, detect_rois at {lat['size']} px, batch 1, {lat['n_images']} images "
@@ -206,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
            "datasets": {d: sum(s.dataset == d for s in samples) for d in sorted({s.dataset for s in samples})},
            "checkpoint": str(args.checkpoint or roi.DEFAULT_CHECKPOINT_DIR), "data_dir": str(data_dir),
            "score_threshold": args.score_threshold}
-    res.update(evaluate(loaded, samples, pixels, score_threshold=args.score_threshold, progress=bar.update))
+    ranker = vitems.load_ranker(args.ranker)
+    res["ranker"] = ranker.version
+    res.update(evaluate(loaded, samples, pixels, score_threshold=args.score_threshold, progress=bar.update,
+                        ranker=ranker))
     bar.close()
     _round_table(res)
     if args.latency_images > 0:
@@ -217,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         manifest.setdefault("metrics", {})[args.split] = {
             k: res[k] for k in ("guided", "non_guided", "all_boxes_gt", "by_dataset", "per_class", "guided_fallback",
-                                "chosen_roi_hit50", "latency_ms", "n_images", "datasets") if k in res}
+                                "chosen_roi_hit50", "option1_pick_hit50", "item_recall50", "ranker", "latency_ms",
+                                "n_images", "datasets") if k in res}
         manifest["metrics"][args.split]["command"] = "lookalike evaluate detector " + " ".join(
             argv if argv is not None else sys.argv[1:])
         path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
