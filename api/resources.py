@@ -1,0 +1,38 @@
+"""Per-app singletons of the API (settings, database engine, index client, networks) and how a request finds them."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from flask import current_app
+
+from shared.config import Settings
+from shared.db.session import make_engine
+from shared.index.client import IndexClient
+
+
+class Resources:
+    """Per-app singletons, kept in app.extensions["lookalike"]. Networks load on first use (under a lock)
+    so that /healthz answers while they load."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings)
+        self.index = IndexClient(settings.resolved_index_url)
+        self._models: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def models(self):
+        if self._models is None:
+            with self._lock:
+                if self._models is None:
+                    from shared.pipeline import Models
+
+                    self._models = Models.load(self.settings)
+        return self._models
+
+
+def resources() -> Resources:
+    """The current app's singletons (inside a request or app context)."""
+    return current_app.extensions["lookalike"]
