@@ -5,7 +5,7 @@ import hmac
 
 from flask import Blueprint, jsonify, request
 
-from api import resources
+from api.resources import resources
 from api.forms import fields, str_field
 from shared.db import queries
 from shared.db.models import AdminJob

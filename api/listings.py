@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 
-from api import resources
+from api.resources import resources
 from api.admission import admitted
 from api.forms import fields, str_field, uploaded_image
 from shared.db import queries

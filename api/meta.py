@@ -5,7 +5,7 @@ from flask import Flask, Response, jsonify, request, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from api import resources
+from api.resources import resources
 from api.metrics import REQUESTS
 from api.openapi import openapi_document
 from shared.errors import Unavailable
