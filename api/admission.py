@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -30,43 +31,62 @@ class Overloaded(TransientError):
 
 
 class Admission:
-    """`concurrency` slots; up to `queue` callers wait at most `wait_s` for one; everyone else is refused."""
+    """`concurrency` slots; up to `queue` callers wait for one, at most `wait_s` and only while the wait plus the
+    recent time a slot is held (an average) fits in `target_s`; everyone else is refused at once."""
 
-    def __init__(self, *, concurrency: int, queue: int, wait_s: float, name: str = "general") -> None:
+    def __init__(self, *, concurrency: int, queue: int, wait_s: float, target_s: float | None = None,
+                 name: str = "general") -> None:
         self.name, self.concurrency, self.queue, self.wait_s = name, concurrency, queue, wait_s
+        self.target_s = target_s
         self._slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
         self.waiting = 0
         self.running = 0
         self.refused = 0
+        self.held_s = 0.0  # moving average of how long a request holds a slot (0 until one finished)
 
+    def _wait_budget(self) -> float:
+        """How long a queued request may wait: its answer should come within target_s (the held time is what it
+        still needs once it has a slot), and never later than wait_s."""
+        if self.target_s is None:
+            return self.wait_s
+        return min(self.wait_s, self.target_s - self.held_s)
+
+    def _refuse(self, why: str) -> Overloaded:
+        self.refused += 1
+        return Overloaded(f"the server is busy ({why}); retry in {RETRY_AFTER_S} s")
 
     @contextmanager
     def slot(self) -> Iterator[None]:
         if not self._slots.acquire(blocking=False):
             with self._lock:
                 if self.waiting >= self.queue:
-                    self.refused += 1
-                    raise Overloaded(f"the server is busy ({self.concurrency} {self._what} running, "
-                                     f"{self.waiting} waiting); retry in {RETRY_AFTER_S} s")
+                    raise self._refuse(f"{self.concurrency} {self._what} running, {self.waiting} waiting")
+                budget = self._wait_budget()
+                # Slots free up about every held_s / concurrency: refuse now what could not be served in time.
+                expected = (self.waiting + 1) * self.held_s / self.concurrency
+                if budget <= 0 or expected > budget:
+                    raise self._refuse(f"{self.concurrency} {self._what} running, {self.waiting} waiting, "
+                                       f"about {self.held_s:.1f} s each")
                 self.waiting += 1
             try:
-                got = self._slots.acquire(timeout=self.wait_s)
+                got = self._slots.acquire(timeout=budget)
             finally:
                 with self._lock:
                     self.waiting -= 1
             if not got:
                 with self._lock:
-                    self.refused += 1
-                raise Overloaded(f"the server is busy (no slot free within {self.wait_s:g} s); "
-                                 f"retry in {RETRY_AFTER_S} s")
+                    raise self._refuse(f"no slot free within {budget:.2g} s")
         with self._lock:
             self.running += 1
+        t0 = time.monotonic()
         try:
             yield
         finally:
+            held = time.monotonic() - t0
             with self._lock:
                 self.running -= 1
+                self.held_s = held if self.held_s == 0 else 0.8 * self.held_s + 0.2 * held
             self._slots.release()
 
     @property
@@ -85,7 +105,7 @@ class Lanes:
     def __init__(self, settings: Settings) -> None:
         self.heavy_pixels = settings.api_heavy_pixels
         self.general = Admission(concurrency=settings.api_concurrency, queue=settings.api_queue,
-                                 wait_s=settings.api_queue_wait_s)
+                                 wait_s=settings.api_queue_wait_s, target_s=settings.api_latency_target_s)
         self.heavy = Admission(concurrency=settings.api_heavy_concurrency, queue=0, wait_s=0.0, name="heavy")
 
     def for_request(self) -> Admission:

@@ -74,3 +74,33 @@ def test_exceptions_inside_release_the_slot() -> None:
             raise ValueError("boom")
     with adm.slot():
         assert adm.snapshot()["running"] == 1
+
+
+def test_queued_requests_are_refused_when_they_could_not_be_answered_within_the_target() -> None:
+    adm = Admission(concurrency=1, queue=10, wait_s=5.0, target_s=1.0)
+    with adm.slot():
+        time.sleep(0.6)  # a request held the slot 0.6 s: the moving average starts there
+    assert 0.5 < adm.held_s < 1.5
+    release = threading.Event()
+    holder = _hold(adm, threading.Event(), release)
+    t0 = time.monotonic()
+    with pytest.raises(Overloaded, match="about 0.6 s each"):
+        # One waiter would need ~0.6 s of wait + ~0.6 s of work: over the 1 s target, so refused at once.
+        with adm.slot():
+            pass
+    assert time.monotonic() - t0 < 0.5
+    release.set()
+    holder.join()
+
+
+def test_without_history_the_queue_waits_up_to_the_target() -> None:
+    adm = Admission(concurrency=1, queue=1, wait_s=5.0, target_s=0.3)
+    release = threading.Event()
+    holder = _hold(adm, threading.Event(), release)
+    t0 = time.monotonic()
+    with pytest.raises(Overloaded, match="no slot free within 0.3 s"):
+        with adm.slot():
+            pass
+    assert 0.25 < time.monotonic() - t0 < 2
+    release.set()
+    holder.join()
