@@ -47,9 +47,10 @@
     );
     const analysis = document.getElementById("analysis");
     analysis.after(panel);
+    // Facets sit in this panel, beside the results: above them they would push the results (and "Load more") down.
     const facets = h("aside", { class: "facets", "data-testid": "facets", "aria-label": "Facets" });
     facets.hidden = true;
-    document.getElementById("results").before(facets);
+    panel.append(facets);
     const swatches = panel.querySelector(".swatches");
     for (const [key, hex] of Object.entries(SWATCHES)) {
       const b = h("button", { type: "button", class: "swatch", "data-testid": "swatch", title: key.replace(/_/g, " "),
