@@ -29,7 +29,9 @@ class Resources:
                 if self._models is None:
                     from shared.pipeline import Models
 
-                    self._models = Models.load(self.settings)
+                    models = Models.load(self.settings)
+                    self.index.model_version = models.model_version  # every search carries it (version contract)
+                    self._models = models
         return self._models
 
 

@@ -4,7 +4,6 @@ One process on purpose: the RAM index exists once (several web workers would eac
 """
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -13,12 +12,6 @@ import time
 from shared.config import Settings
 
 logger = logging.getLogger("index_daemon")
-
-
-def colour_weight_from(settings: Settings) -> float:
-    """The colour weight tuned on the val split and shipped with the feature configuration."""
-    manifest = settings.models_dir / "features" / "manifest.json"
-    return float(json.loads(manifest.read_text())["colour_weight"])
 
 
 def warm_up_all() -> None:
@@ -56,7 +49,8 @@ def run(settings: Settings) -> int:
     engine = make_engine(settings)
     holder = SnapshotHolder()
     reloader = Reloader(engine, holder, poll_s=settings.index_poll_ms / 1000)
-    app = create_daemon_app(holder, colour_weight=colour_weight_from(settings))
+    # Ranking parameters come from the served generation (index_generations.params), not from files on disk.
+    app = create_daemon_app(holder)
     server = create_server(app, host=settings.index_host, port=settings.index_port, threads=4, ident="indexd")
     reloader.start()  # loads in the background: /healthz answers at once, /readyz once loaded
 

@@ -54,6 +54,20 @@ def load_generation(engine: Engine) -> tuple[int | None, str | None, int, ItemAr
     return gen_id, model_version, last_seq, items
 
 
+def generation_contract(engine: Engine, generation_id: int) -> tuple[dict | None, dict | None]:
+    """(networks, params) recorded on a generation: the versions its postings were built with and the ranking
+    parameters to serve it with."""
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("SELECT networks, params FROM index_generations WHERE id = %s", (generation_id,))
+        row = cur.fetchone()
+        raw.rollback()
+    finally:
+        raw.close()
+    return (None, None) if row is None else (row[0], row[1])
+
+
 def fetch_postings(engine: Engine, generation_id: int, listing_ids: list[int], *, n_bytes: int,
                    n_bins: int) -> ItemArrays:
     """The current postings of some listings (a delta)."""

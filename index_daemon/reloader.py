@@ -41,9 +41,15 @@ class Reloader:
                 else IndexSnapshot.from_items(items, generation=gen, sequence=last_seq))
         if isinstance(snap, IndexSnapshot):
             prepare_facets(snap)
+        networks, params = loader.generation_contract(self.engine, gen) if gen is not None else (None, None)
+        if params is None:
+            logger.warning("generation %s records no ranking parameters (made before the version contract): "
+                           "serving it with the daemon's fallback colour weight", gen)
+        if self.holder.state.generation is not None and self.holder.state.generation != gen:
+            self.holder.keep_previous()
         elapsed = time.perf_counter() - t0
         self.holder.swap(snap, status="ready", generation=gen, model_version=model_version, last_seq=last_seq,
-                         loaded_at=time.time(), load_seconds=elapsed, error=None)
+                         loaded_at=time.time(), load_seconds=elapsed, error=None, networks=networks, params=params)
         logger.info("snapshot ready: generation %s, %d items, seq %d, %.2f s", gen, snap.n_items, last_seq, elapsed)
 
     def poll_once(self) -> int:

@@ -11,8 +11,15 @@ from index_daemon.holder import SnapshotHolder
 from shared.index.refine import MAX_FACET_DEPTH, Refinement, refined_search
 
 
-def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float) -> Flask:
+# Served when a generation records no ranking parameters (made before the version contract): the colour weight the
+# shipped features carried then. Every generation made since records its own (index_generations.params).
+LEGACY_COLOUR_WEIGHT = 0.1
+
+
+def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float = LEGACY_COLOUR_WEIGHT) -> Flask:
+    """`colour_weight`: only for generations without recorded parameters (see LEGACY_COLOUR_WEIGHT)."""
     app = Flask("index_daemon")
+    default_colour_weight = colour_weight
     registry = CollectorRegistry()
     latency = Histogram("lookalike_index_search_seconds", "Index search time", registry=registry,
                         buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1))
@@ -30,7 +37,9 @@ def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float) -> Flask:
     def readyz():
         st = holder.state
         body = {"status": st.status, "generation": st.generation, "model_version": st.model_version,
-                "items": st.items, "index_bytes": st.index_bytes, "last_seq": st.last_seq, "load_seconds": st.load_seconds, "error": st.error}
+                "items": st.items, "index_bytes": st.index_bytes, "last_seq": st.last_seq, "load_seconds": st.load_seconds, "error": st.error,
+                "networks": st.networks, "params": st.params, "previous_generation": st.previous_generation,
+                "previous_model_version": st.previous_model_version}
         return jsonify(body), 200 if st.status == "ready" else 503
 
     @app.get("/metrics")
@@ -41,10 +50,20 @@ def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float) -> Flask:
 
     @app.post("/search")
     def search():
-        snap = holder.current()  # one reference for the whole request: a swap cannot change it mid-way
-        if snap is None or holder.state.status != "ready":
+        if holder.current() is None or holder.state.status != "ready":
             return jsonify({"error": "unavailable", "message": "the index is loading"}), 503
         body = request.get_json(silent=True) or {}
+        # The version contract: codes of one set of networks are only compared with postings of the same set.
+        query_version = body.get("model_version")
+        served = holder.pick(None if query_version is None else str(query_version))
+        if served is None:
+            return jsonify({"error": "version_mismatch",
+                            "message": f"the query was encoded by networks {query_version!r} but the index serves "
+                                       f"{holder.state.model_version!r}; the API and the index are switching models",
+                            "query_model_version": query_version, "index_model_version": holder.state.model_version,
+                            "generation": holder.state.generation}), 409
+        snap = served.snapshot  # one reference for the whole request: a swap cannot change it mid-way
+        colour_weight = float(served.params.get("colour_weight", default_colour_weight))
         try:
             appearance = bool(body.get("appearance", True))
             code = (np.frombuffer(bytearray.fromhex(body["code"]), dtype=np.uint8)  # writable: see loader.py
@@ -68,8 +87,8 @@ def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float) -> Flask:
             return bad("k must be 1..1000 and offset 0..10000")
         t0 = time.perf_counter()
         if snap.n_items == 0:  # nothing indexed yet (its code width is not even known)
-            return jsonify({"hits": [], "generation": snap.generation, "n_items": 0, "scanned": 0, "matched": 0,
-                            "elapsed_ms": 0.0})
+            return jsonify({"hits": [], "generation": served.generation, "model_version": served.model_version,
+                            "n_items": 0, "scanned": 0, "matched": 0, "elapsed_ms": 0.0})
         try:
             out = refined_search(snap, code=code, colour=colour,
                                  category_id=None if category is None else int(category), attribute_ids=attrs, k=k,
@@ -85,7 +104,8 @@ def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float) -> Flask:
                            "matched_attribute_ids": list(h.matched_attribute_ids),
                            "appearance_term": float(a), "colour_term": float(c)}
                           for h, a, c in zip(result.hits, out.appearance_terms, out.colour_terms)],
-                 "generation": snap.generation, "n_items": snap.n_items, "scanned": int(result.scanned),
+                 "generation": served.generation, "model_version": served.model_version,
+                 "current": served.current, "n_items": snap.n_items, "scanned": int(result.scanned),
                  "matched": out.matched,
                  "weights": {"appearance": out.appearance_weight, "colour": out.colour_weight},
                  "elapsed_ms": elapsed * 1000}

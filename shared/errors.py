@@ -51,3 +51,11 @@ class Unavailable(TransientError):
     """A dependency (index daemon, broker, database) is down or still loading; the API answers 503."""
 
     code = "unavailable"
+
+
+class VersionMismatch(Unavailable):
+    """The index serves another generation than the query's networks encode for (a model switch is under way):
+    comparing them would give wrong results, so the API answers 503 with Retry-After instead."""
+
+    code = "version_mismatch"
+    retry_after_s = 1

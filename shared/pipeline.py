@@ -16,7 +16,6 @@ describe the item being sold or searched, not the whole outfit.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ class Analysis:
     item_index: int | None = None  # the item whose box is the ROI (None: a shopper rectangle or guided box off-item)
     searched: list[tuple[int, float]] = field(default_factory=list)  # (category id, weight): categories to search
     detections: list[Any] = field(default_factory=list)  # every raw detection (Roi), to re-analyse another item
+    conflict: dict[str, Any] | None = None  # shared.conflicts: the seller's category vs the photo's main item
 
     def roi_rows(self) -> list[dict[str, Any]]:
         """Rows for the rois table: the chosen ROI first, then the other detections."""
@@ -93,14 +93,6 @@ class Analysis:
         }
 
 
-def _checkpoint_version(folder: Path, meta: dict[str, Any] | None) -> str:
-    """A checkpoint's version: its manifest's `version`, else a hash of the manifest."""
-    if meta and meta.get("version"):
-        return str(meta["version"])
-    manifest = folder / "manifest.json"
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:12] if manifest.exists() else "unknown"
-
-
 @dataclass
 class Models:
     """Every network the pipeline needs, loaded once per process."""
@@ -114,11 +106,29 @@ class Models:
     detector_version: str
     features_version: str
     ranker: Any = None  # shared.vision.items.ItemRanker (query-time choice only: not part of model_version)
+    text_version: str = ""
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """{role: checkpoint version} of every network whose output reaches the postings."""
+        return {"attributes": self.attribute_version, "detector": self.detector_version,
+                "features": self.features_version, "text": self.text_version}
 
     @property
     def model_version(self) -> str:
-        """The index generation key: codes, postings and ROIs all depend on these three."""
-        return f"attr={self.attribute_version};det={self.detector_version};feat={self.features_version}"
+        """The index generation key (shared.checkpoints.model_version_key): a query encoded by these networks
+        may only be compared with postings of the generation of the same key."""
+        from shared.checkpoints import model_version_key
+
+        return model_version_key(self.versions)
+
+    @property
+    def ranking_params(self) -> dict[str, Any]:
+        """The ranking parameters a generation is built and served with (the daemon reads them from the
+        generation row, never from files on disk)."""
+        return {"colour_weight": float(self.features.colour_weight),
+                "n_bits": int(self.features.n_bits),
+                "colour_bins": int((self.features.meta or {}).get("colour_bins", 0))}
 
     @classmethod
     def load(cls, settings: Settings) -> "Models":
@@ -139,9 +149,9 @@ class Models:
         ranker = load_ranker(root / "ranker" / "ranker.json")
         models = cls(taxonomy=load_taxonomy(), text=text, attributes=attributes, detector=detector,
                      features=features, ranker=ranker,
-                     attribute_version=_checkpoint_version(root / "attributes", attributes.meta),
-                     detector_version=_checkpoint_version(root / "detector", detector.meta),
-                     features_version=str(features.version))
+                     attribute_version=str(attributes.meta["version"]),
+                     detector_version=str(detector.meta["version"]),
+                     features_version=str(features.version), text_version=str(text.meta["version"]))
         logger.info("networks loaded in %.1f s (%s)", time.perf_counter() - t0, models.model_version)
         return models
 
@@ -222,6 +232,12 @@ def analyze(models: Models, image: Image.Image, *, title: str = "", description:
     ranker = models.ranker or area_score_ranker()
     items = ranker.rank(rois, image.width, image.height)
     strong = [r for r in rois if r.score >= 0.3]  # detect_rois' threshold for the guided choice and stored boxes
+    conflict = None
+    if source == "seller" and category_id is not None:  # ingest: does the photo show what the seller names?
+        from shared.conflicts import category_conflict
+
+        conflict = category_conflict(tax, category_id=category_id, source=cat_source, confidence=cat_conf,
+                                     items=items)
     item_index: int | None = None
     if rect is not None:
         roi, fallback, boxes = tuple(float(v) for v in rect), "shopper_rect", []
@@ -262,4 +278,4 @@ def analyze(models: Models, image: Image.Image, *, title: str = "", description:
                     category_source=cat_source, category_confidence=cat_conf, attributes=attributes,
                     roi=roi, roi_fallback=fallback, boxes=boxes, code=feats.codes[0].tobytes(), colour=colour,
                     colour_quantized=quantize_colours(colour[None, :])[0].tobytes(), timings_ms=timings,
-                    items=items, item_index=item_index, searched=searched, detections=rois)
+                    items=items, item_index=item_index, searched=searched, detections=rois, conflict=conflict)

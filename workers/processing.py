@@ -68,6 +68,10 @@ def process_job(job_id: int, *, engine: Engine, settings: Settings, models: Mode
             queries.remove_postings(session=s, listing_id=listing.id)
             queries.finish_job(session=s, job=job)
             return Outcome(job_id, "done", "deleted")
+        if job.generation_id is not None:
+            deferred = _defer_other_version(s, job=job, models=models)
+            if deferred is not None:
+                return deferred
         if job.kind == "ingest":
             listing.status = "processing"
         kind, listing_id, version = job.kind, listing.id, listing.version
@@ -89,6 +93,20 @@ def process_job(job_id: int, *, engine: Engine, settings: Settings, models: Mode
         except Exception as exc:  # noqa: BLE001 - a bug or a poison input: count it, never crash-loop on it
             return _attempt_failed(engine=engine, settings=settings, job_id=job_id, listing_id=listing_id,
                                    version=version, kind=kind, exc=exc)
+
+
+def _defer_other_version(s, *, job: Job, models: Models) -> Outcome | None:
+    """A job targeted at a generation of other networks is not this worker's: put it back (the attempt does not
+    count) for a worker running them; the reconciler re-sends it after job_resend_s. A retired target: superseded."""
+    generation = s.get(IndexGeneration, job.generation_id)
+    if generation is None or generation.status == "retired":
+        queries.finish_job(session=s, job=job, status="superseded")
+        return Outcome(job.id, "superseded", "its generation is retired")
+    if generation.model_version == models.model_version:
+        return None
+    job.status, job.attempts, job.lease_until, job.enqueued_at = "queued", job.attempts - 1, None, queries.now()
+    s.flush()
+    return Outcome(job.id, "skipped", f"waits for a worker running {generation.model_version}")
 
 
 def _decode(data: bytes, settings: Settings):
@@ -116,11 +134,20 @@ def _run(job_id: int, *, engine: Engine, settings: Settings, models: Models, kin
             return Outcome(job_id, "superseded")
         if target_generation is not None:
             generation = s.get(IndexGeneration, target_generation)
+            if generation.model_version != models.model_version:
+                # The version contract: codes of these networks must never land in another generation.
+                message = (f"generation {generation.id} is built with {generation.model_version}; this worker runs "
+                           f"{models.model_version}")
+                queries.finish_job(session=s, job=job, status="failed", error=message)
+                return Outcome(job_id, "failed", message)
         else:
-            generation = queries.ensure_generation(session=s, model_version=models.model_version)
+            generation = queries.ensure_generation(session=s, model_version=models.model_version,
+                                                   networks=models.versions, params=models.ranking_params)
         _write(s, listing=listing, generation_id=generation.id, analysis=analysis, models=models)
         if kind == "ingest":
             listing.status, listing.status_message = "ready", None
+            # During a model change the other live generation needs this listing too (nothing becomes invisible).
+            queries.queue_for_other_generations(session=s, listing=listing, generation_id=generation.id)
         queries.finish_job(session=s, job=job)
     logger.info("listing %s indexed in %.0f ms (category %s via %s)", listing_id,
                 (time.perf_counter() - t0) * 1000, analysis.category_key, analysis.category_source)
@@ -134,7 +161,7 @@ def _write(s, *, listing: Listing, generation_id: int, analysis: Analysis, model
         category_confidence=analysis.category_confidence, attribute_net_version=models.attribute_version,
         attributes=[(a.attribute_id, a.probability) for a in analysis.attributes],
         detector_version=models.detector_version, rois=analysis.roi_rows(), code=analysis.code,
-        colour=analysis.colour_bytes())
+        colour=analysis.colour_bytes(), conflict=analysis.conflict)
 
 
 def _record_failure(*, engine: Engine, job_id: int, listing_id: int, version: int, kind: str, message: str) -> None:

@@ -1,8 +1,8 @@
 """Admin reindex: queue pipeline jobs for a set of listings into the generation of the running models.
 
 Under the same model version the active generation's postings are rewritten in place. Under a new model
-version a new generation is built beside the active one (the daemon keeps serving the old codes) and
-activated in one step once every job has finished: `finalize_admin_jobs`, run by the reconciler.
+version a new generation is built beside the active one (the daemon keeps serving the old codes); once every job
+has finished it waits, built, for `lookalike models promote` (golden-set gate) to activate it in one step.
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def run_reindex(admin_job_id: int, *, engine: Engine, models: Models,
         admin = s.get(AdminJob, admin_job_id)
         if admin is None or admin.status != "running" or admin.total:
             return 0  # already expanded (a redelivered message)
-        gen = queries.ensure_generation(session=s, model_version=models.model_version)
+        gen = queries.ensure_generation(session=s, model_version=models.model_version, networks=models.versions,
+                                        params=models.ranking_params)
         admin.generation_id = gen.id
         targets = target_listings(s, models=models, generation_id=gen.id, params=admin.params)
         if gen.status != "active" and admin.params.get("category"):
@@ -66,8 +67,8 @@ def run_reindex(admin_job_id: int, *, engine: Engine, models: Models,
 
 
 def finalize_admin_jobs(*, engine: Engine) -> None:
-    """Close admin jobs with no work left (done or failed), activating their generation if it was built beside
-    the old."""
+    """Close admin jobs with no work left (done or failed). A generation built beside an active one stays
+    `building` until `lookalike models promote` has checked it against the golden set; with none active it serves."""
     with session_scope(engine) as s:
         running = s.execute(select(AdminJob).where(AdminJob.status == "running", AdminJob.generation_id.is_not(None))
                             .with_for_update(skip_locked=True)).scalars().all()
@@ -78,7 +79,10 @@ def finalize_admin_jobs(*, engine: Engine) -> None:
                 continue
             gen = s.get(IndexGeneration, admin.generation_id)
             if gen is not None and gen.status == "building":
-                queries.activate_generation(session=s, generation=gen)
+                if queries.active_generation(session=s) is None:
+                    queries.activate_generation(session=s, generation=gen)
+                else:
+                    logger.info("generation %s is built; promote it with `lookalike models promote`", gen.id)
             admin.status, admin.finished_at = "done", queries.now()
             # Failed listings never hold an admin job open; they are counted here and keep their own message.
             failed = s.execute(select(func.count()).where(Job.admin_job_id == admin.id, Job.status == "failed")

@@ -61,13 +61,18 @@ class ListingCategory(Base):
     """The category the pipeline settled on, and where it came from (text, image or seller)."""
 
     __tablename__ = "listing_categories"
-    __table_args__ = (CheckConstraint("source IN ('text', 'image', 'seller')", name="source"),)
+    __table_args__ = (CheckConstraint("source IN ('text', 'image', 'seller')", name="source"),
+                      Index("ix_listing_categories_conflict", "listing_id", postgresql_where=text("category_conflict")))
     listing_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("listings.id", ondelete="CASCADE"), primary_key=True)
     taxonomy_version: Mapped[str] = mapped_column(Text, primary_key=True)
     category_id: Mapped[int] = mapped_column(SmallInteger, nullable=False)
     source: Mapped[str] = mapped_column(Text, nullable=False)
     confidence: Mapped[float] = mapped_column(Float, nullable=False)
     listing_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    # The seller's category and the photo's main item disagree (paper Fig. 1: "bag" on an outfit photo); the
+    # listing is still indexed under the seller's category. conflict = {"seller": {...}, "photo": {...}}.
+    category_conflict: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=text("false"))
+    conflict: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class ListingAttribute(Base):
@@ -113,6 +118,12 @@ class IndexGeneration(Base):
     status: Mapped[str] = mapped_column(Text, nullable=False, default="building")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"), nullable=False)
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The version contract: {role: checkpoint version} it was built with, and the ranking parameters the daemon
+    # serves it with ({"colour_weight", "n_bits", "colour_bins"}); NULL only for generations made before them.
+    networks: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    golden: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # last golden-set figures (lookalike models)
+    previous_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("index_generations.id"))  # rollback target
 
 
 class Posting(Base):

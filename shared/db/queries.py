@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
@@ -101,13 +102,19 @@ def active_generation(*, session: Session) -> IndexGeneration | None:
     return session.execute(select(IndexGeneration).where(IndexGeneration.status == "active")).scalar_one_or_none()
 
 
-def ensure_generation(*, session: Session, model_version: str) -> IndexGeneration:
-    """The generation for a model version; the first one ever becomes active at once."""
+def ensure_generation(*, session: Session, model_version: str, networks: dict[str, str] | None = None,
+                      params: dict[str, Any] | None = None) -> IndexGeneration:
+    """The generation for a model version; the first one ever becomes active at once. `networks` and `params`
+    (the version contract, see IndexGeneration) are recorded on creation, and filled in on an older row lacking them."""
     gen = session.execute(select(IndexGeneration).where(IndexGeneration.model_version == model_version)
                           ).scalar_one_or_none()
     if gen is not None:
+        if (networks and gen.networks is None) or (params and gen.params is None):
+            gen.networks, gen.params = gen.networks or networks, gen.params or params
+            session.flush()
         return gen
-    session.execute(insert(IndexGeneration).values(model_version=model_version, status="building")
+    session.execute(insert(IndexGeneration).values(model_version=model_version, status="building",
+                                                   networks=networks, params=params)
                     .on_conflict_do_nothing(index_elements=["model_version"]))
     gen = session.execute(select(IndexGeneration).where(IndexGeneration.model_version == model_version)
                           ).scalar_one()
@@ -119,12 +126,31 @@ def ensure_generation(*, session: Session, model_version: str) -> IndexGeneratio
 def activate_generation(*, session: Session, generation: IndexGeneration) -> None:
     """Switch search to `generation` in one step (the daemon reloads on the 'activate' change)."""
     session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHANGE_LOCK_KEY})
+    previous = active_generation(session=session)
     session.execute(update(IndexGeneration).where(IndexGeneration.status == "active",
                                                   IndexGeneration.id != generation.id).values(status="retired"))
     session.flush()
+    if previous is not None and previous.id != generation.id:
+        generation.previous_id = previous.id  # what `lookalike models rollback` returns to
     generation.status, generation.activated_at = "active", now()
     session.flush()
     record_change(session=session, generation_id=generation.id, listing_id=None, op="activate")
+
+
+def queue_for_other_generations(*, session: Session, listing: Listing, generation_id: int) -> list[int]:
+    """While another generation is live (active, or building beside it) under other networks, a listing just
+    written to `generation_id` also needs a posting there: queue a reindex job targeted at it (a worker running
+    those networks takes it; see `workers.processing`). The reconciler sends jobs never sent. Returns their ids."""
+    others = session.execute(select(IndexGeneration.id).where(IndexGeneration.status.in_(("active", "building")),
+                                                              IndexGeneration.id != generation_id)).scalars().all()
+    ids = []
+    for gen in others:
+        job = Job(listing_id=listing.id, listing_version=listing.version, kind="reindex", status="queued",
+                  generation_id=gen)
+        session.add(job)
+        session.flush()
+        ids.append(job.id)
+    return ids
 
 
 def claim_job(*, session: Session, job_id: int, lease_s: int, max_attempts: int) -> Job | None:
@@ -188,17 +214,20 @@ def mark_enqueued(*, session: Session, job_ids: Sequence[int]) -> None:
 def write_results(*, session: Session, listing: Listing, generation_id: int, taxonomy_version: str,
                   category_id: int, category_source: str, category_confidence: float,
                   attribute_net_version: str, attributes: Sequence[tuple[int, float]],
-                  detector_version: str, rois: Sequence[dict], code: bytes, colour: bytes) -> None:
+                  detector_version: str, rois: Sequence[dict], code: bytes, colour: bytes,
+                  conflict: dict[str, Any] | None = None) -> None:
     """Idempotent upserts of everything the pipeline derives for one listing version, plus the posting and
     its change row. Running it twice for the same inputs leaves the same rows."""
     v = listing.version
     stmt = insert(ListingCategory).values(listing_id=listing.id, taxonomy_version=taxonomy_version,
                                           category_id=category_id, source=category_source,
-                                          confidence=category_confidence, listing_version=v)
+                                          confidence=category_confidence, listing_version=v,
+                                          category_conflict=conflict is not None, conflict=conflict)
     session.execute(stmt.on_conflict_do_update(
         index_elements=["listing_id", "taxonomy_version"],
         set_={"category_id": stmt.excluded.category_id, "source": stmt.excluded.source,
-              "confidence": stmt.excluded.confidence, "listing_version": v}))
+              "confidence": stmt.excluded.confidence, "listing_version": v,
+              "category_conflict": stmt.excluded.category_conflict, "conflict": stmt.excluded.conflict}))
     # Replace, not merge: an updated listing may lose attributes or boxes.
     session.execute(ListingAttribute.__table__.delete().where(
         ListingAttribute.listing_id == listing.id, ListingAttribute.attribute_net_version == attribute_net_version))

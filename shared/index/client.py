@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from shared.errors import Unavailable
+from shared.errors import Unavailable, VersionMismatch
 from shared.index.postings import Hit  # the daemon's hits, rebuilt from JSON on this side
 
 
@@ -24,12 +24,15 @@ class SearchReply:
     weights: dict[str, float] | None = None
     terms: dict[int, tuple[float, float]] = field(default_factory=dict)
     facets: dict[str, Any] | None = None
+    model_version: str | None = None  # the generation's networks (the version contract)
 
 
 class IndexClient:
-    def __init__(self, base_url: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float = 5.0, model_version: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        # The networks this process encodes queries with (set once they are loaded): sent with every search.
+        self.model_version = model_version
         self._http = requests.Session()
 
     def ready(self) -> dict[str, Any]:
@@ -44,10 +47,12 @@ class IndexClient:
         return body
 
     def search(self, *, code: bytes | None, colour: np.ndarray | None, category_id: int | None,
-               attribute_ids: list[int], k: int, offset: int, refine: dict[str, Any] | None = None) -> SearchReply:
+               attribute_ids: list[int], k: int, offset: int, refine: dict[str, Any] | None = None,
+               model_version: str | None = None) -> SearchReply:
         """refine: the daemon's edit fields (api.refine.RefineRequest.daemon_fields): require, exclude,
-        target_colour, colour_weight, appearance, facets."""
-        payload = {"code": None if code is None else code.hex(),
+        target_colour, colour_weight, appearance, facets. model_version: the networks that encoded the query; the
+        daemon refuses (VersionMismatch) when it serves no generation of them."""
+        payload = {"model_version": model_version or self.model_version, "code": None if code is None else code.hex(),
                    "colour": None if colour is None else [float(x) for x in colour], "category_id": category_id,
                    "attribute_ids": list(attribute_ids), "k": k, "offset": offset, **(refine or {})}
         try:
@@ -56,6 +61,8 @@ class IndexClient:
             raise Unavailable("the index daemon is not reachable") from exc
         if r.status_code == 503:
             raise Unavailable("the index daemon is loading; try again shortly")
+        if r.status_code == 409:
+            raise VersionMismatch(r.json().get("message", "the index serves another model version"))
         if r.status_code != 200:
             raise Unavailable(f"the index daemon answered {r.status_code}: {r.text[:200]}")
         body = r.json()
@@ -66,34 +73,47 @@ class IndexClient:
                            weights=body.get("weights"),
                            terms={h["listing_id"]: (h["appearance_term"], h["colour_term"]) for h in body["hits"]
                                   if "appearance_term" in h},
-                           facets=body.get("facets"))
+                           facets=body.get("facets"), model_version=body.get("model_version"))
 
     def search_categories(self, *, code: bytes, colour: np.ndarray, category_ids: list[int],
                           attribute_ids: list[int], k: int, offset: int,
-                          refine: dict[str, Any] | None = None) -> SearchReply:
+                          refine: dict[str, Any] | None = None, model_version: str | None = None) -> SearchReply:
         """Hits [offset, offset + k) of several categories ranked together. Exact: a listing's score does not depend
         on the category scanned, so each category's top (offset + k) is fetched and merged by (score, listing id),
         the daemon's own order. A refined search (edits, facets) scans the first category only: its counts and
         required attributes are per category."""
         if len(category_ids) == 1 or refine:
             return self.search(code=code, colour=colour, category_id=category_ids[0], attribute_ids=attribute_ids,
-                               k=k, offset=offset, refine=refine)
+                               k=k, offset=offset, refine=refine, model_version=model_version)
         depth = offset + k
+        for _ in range(3):  # a generation swap between the per-category calls: ask again, never mix generations
+            hits, replies = self._merge_parts(code=code, colour=colour, category_ids=category_ids,
+                                              attribute_ids=attribute_ids, depth=depth, model_version=model_version)
+            if len({(r.generation, r.model_version) for r in replies}) == 1:
+                break
+        else:
+            raise Unavailable("the index switched generations during the search; try again")
+        return SearchReply(hits=hits[offset:depth], generation=replies[0].generation,
+                           n_items=replies[-1].n_items, scanned=sum(r.scanned for r in replies),
+                           elapsed_ms=sum(r.elapsed_ms for r in replies), weights=replies[-1].weights,
+                           terms={lid: t for r in replies for lid, t in r.terms.items()},
+                           model_version=replies[-1].model_version)
+
+    def _merge_parts(self, *, code: bytes, colour: np.ndarray, category_ids: list[int], attribute_ids: list[int],
+                     depth: int, model_version: str | None) -> tuple[list[Hit], list[SearchReply]]:
+        """Every category's top `depth` hits merged by (score, listing id), with the replies they came from."""
         hits: list[Hit] = []
         replies = []
         for c in dict.fromkeys(category_ids):  # unique, order kept
             got = 0
             while got < depth:  # the daemon answers at most 1000 hits per call
                 r = self.search(code=code, colour=colour, category_id=c, attribute_ids=attribute_ids,
-                                k=min(1000, depth - got), offset=got)
+                                k=min(1000, depth - got), offset=got, model_version=model_version)
                 replies.append(r)
                 hits += r.hits
                 got += len(r.hits)
                 if len(r.hits) < min(1000, depth - got + len(r.hits)):
                     break
         hits.sort(key=lambda h: (h.score, h.listing_id))
-        return SearchReply(hits=hits[offset:depth], generation=min(r.generation for r in replies),
-                           n_items=replies[-1].n_items, scanned=sum(r.scanned for r in replies),
-                           elapsed_ms=sum(r.elapsed_ms for r in replies), weights=replies[-1].weights,
-                           terms={lid: t for r in replies for lid, t in r.terms.items()})
+        return hits, replies
 

@@ -212,10 +212,11 @@ class TextCategorizer:
             from shared.config import load_settings
 
             path = load_settings().models_dir / "text_category"
+        from shared.checkpoints import read_manifest
+
         path = Path(path)
         try:
-            with open(path / MANIFEST_FILE, encoding="utf-8") as fh:
-                meta = json.load(fh)
+            meta = read_manifest(path, kind="text")  # explicit version, same taxonomy (ValueError otherwise)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"no text category model at {path} ({MANIFEST_FILE} missing); "
                                     "train one with `lookalike train text`") from exc
@@ -251,6 +252,8 @@ class TextCategorizer:
         os.chmod(path / MODEL_FILE, 0o644)  # safetensors writes 0600; the model is shipped, not secret
         meta = dict(self.meta)
         meta.update(extra_meta or {})
+        # Every checkpoint names its version (shared.checkpoints): a new training is a new version.
+        meta.setdefault("version", "text-" + str(meta.get("created", "unnamed")).replace(":", ""))
         meta.update({
             "format": FORMAT_VERSION, "taxonomy_version": self.taxonomy.version,
             "category_keys": list(self.category_keys), "n_features": self.n_features,

@@ -24,7 +24,6 @@ manifest. The shipped projection, mean, w and encoder name live in models/featur
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -426,11 +425,10 @@ class FeatureExtractor:
         """Load the shipped configuration (default: models/features/); `encoder` overrides the manifest's."""
         from safetensors.numpy import load_file
 
+        from shared.checkpoints import read_manifest
+
         folder = Path(path) if path is not None else default_features_dir()
-        manifest_path = folder / "manifest.json"
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"no feature configuration at {folder} (manifest.json missing)")
-        meta = json.loads(manifest_path.read_text(encoding="utf-8"))
+        meta = read_manifest(folder, kind="features", taxonomy=False)  # explicit version (ValueError otherwise)
         if meta.get("flatten_background", True) and int(meta.get("isolate_version", ISOLATE_VERSION)) != ISOLATE_VERSION:
             raise ValueError(f"{folder} was fitted with isolate_item v{meta['isolate_version']}, code has "
                              f"v{ISOLATE_VERSION}: refit it (lookalike train features)")

@@ -7,7 +7,6 @@ plus the attributes `embedding_dim` and `map_channels` ({stride: channels}). Inp
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -147,14 +146,11 @@ def load_attribute_network(path: str | Path | None = None, *, device: str | torc
     from shared.taxonomy import load_taxonomy
     from shared.vision.attributes import AttributeNet
 
+    from shared.checkpoints import read_manifest
+
     folder = Path(path) if path is not None else default_attribute_dir()
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"no attribute checkpoint at {folder} (manifest.json missing)")
-    meta = json.loads(manifest_path.read_text(encoding="utf-8"))
+    meta = read_manifest(folder, kind="attributes")  # explicit version, same taxonomy (ValueError otherwise)
     tax = load_taxonomy()
-    if meta["taxonomy_version"] != tax.version:
-        raise ValueError(f"checkpoint {folder} was trained on taxonomy {meta['taxonomy_version']}, code has {tax.version}")
     arch = meta["architecture"]
     net = AttributeNet(encoder=build_encoder(arch["encoder"]), encoder_name=arch["encoder"], n_tokens=tax.n_tokens,
                        embed_dim=arch["embed_dim"], hidden=arch["hidden"], layers=arch["layers"],

@@ -9,7 +9,6 @@ that the longer side is `max_size` (the serving resolution, 256 px).
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -163,15 +162,11 @@ def load_detector(path: str | Path | None = None, *, device: str | torch.device 
     """Load the shipped detector (default `models/detector/`): weights + manifest, eval mode, on `device`
     (default CUDA when present). Raises FileNotFoundError when the checkpoint is missing and ValueError
     when its taxonomy version differs from the code's."""
+    from shared.checkpoints import read_manifest
+
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT_DIR
-    manifest_path = path / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"no detector checkpoint at {path} (expected manifest.json + detector.safetensors)")
-    meta = json.loads(manifest_path.read_text(encoding="utf-8"))
+    meta = read_manifest(path, kind="detector")  # explicit version, same taxonomy (ValueError otherwise)
     tax = load_taxonomy()
-    if meta.get("taxonomy_version") != tax.version:
-        raise ValueError(f"detector checkpoint {path} was trained on taxonomy {meta.get('taxonomy_version')!r}, "
-                         f"code has {tax.version!r}")
     size = int(meta.get("preprocessing", {}).get("max_size", SERVING_SIZE))
     net = build_roi_detector(num_classes=int(meta.get("num_classes", NUM_CLASSES)), weights=path,
                              min_size=size, max_size=size)

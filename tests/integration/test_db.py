@@ -109,8 +109,9 @@ def test_claim_job_lease_and_attempt_cap(db_session):
     assert db_session.get(Listing, r.listing.id).status == "failed"
 
 
-def test_reindex_into_a_new_generation_switches_in_one_step(engine):
-    """A reindex under a new model version writes beside the active generation and activates it once done."""
+def test_reindex_into_a_new_generation_waits_for_promotion(engine):
+    """A reindex under a new model version writes beside the active generation; once done it stays built (not
+    serving) until promoted, and the promotion switches in one step."""
     import uuid
 
     from shared.db.models import AdminJob, IndexGeneration
@@ -138,9 +139,13 @@ def test_reindex_into_a_new_generation_switches_in_one_step(engine):
         s.get(Job, ids[3]).status = "done"
     finalize_admin_jobs(engine=engine)
     with session_scope(engine) as s:
-        assert s.get(IndexGeneration, ids[1]).status == "active"
-        assert s.get(IndexGeneration, ids[0]).status == "retired"
+        assert s.get(IndexGeneration, ids[1]).status == "building"  # built: waits for `lookalike models promote`
         assert s.get(AdminJob, ids[2]).status == "done"
+        queries.activate_generation(session=s, generation=s.get(IndexGeneration, ids[1]))
+    with session_scope(engine) as s:
+        assert s.get(IndexGeneration, ids[1]).status == "active"
+        assert s.get(IndexGeneration, ids[1]).previous_id == ids[0]
+        assert s.get(IndexGeneration, ids[0]).status == "retired"
         last = s.execute(select(Change).order_by(Change.seq.desc()).limit(1)).scalar_one()
         assert last.op == "activate" and last.generation_id == ids[1]
         # Put the old generation back so later tests see the world they expect.

@@ -166,6 +166,8 @@ def export_checkpoint(net: AttributeNet, folder: Path, manifest: dict[str, Any])
     state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous().cpu()
              for k, v in net.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
+    # Every checkpoint names its version (shared.checkpoints): keep the caller's, else name it by its creation time.
+    manifest = {"version": f"attributes-{manifest.get('created', 'unnamed')}", **manifest}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 

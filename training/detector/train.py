@@ -84,6 +84,8 @@ def export(net: torch.nn.Module, out_dir: Path, meta: dict) -> Path:
     # Integer buffers (BN num_batches_tracked) are not needed for inference, but load_state_dict is strict.
     state.update({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if not v.is_floating_point()})
     save_file(state, str(out_dir / "detector.safetensors"))
+    # Every checkpoint names its version (shared.checkpoints): keep the caller's, else name it by its export time.
+    meta = {"version": time.strftime("detector-%Y%m%dT%H%M%S", time.gmtime()), **meta}
     (out_dir / "manifest.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out_dir
 
