@@ -2,12 +2,17 @@
 503 with Retry-After at once beyond it (a shopper is told to retry rather than left waiting).
 
 Two lanes: uploads whose decode is expensive (a 40 Mpx PNG decodes every pixel whatever the work size) run in
-a small heavy lane with no queue, so a burst of them cannot crowd out ordinary searches.
+a small heavy lane with no queue, on threads of lower CPU priority, so a burst of them cannot crowd out ordinary
+searches.
 """
 from __future__ import annotations
 
+import contextvars
 import functools
+import logging
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +26,10 @@ from shared.imaging import decode_cost
 
 F = TypeVar("F", bound=Callable[..., Any])
 RETRY_AFTER_S = 1
+# Heavy-lane threads run at this nice value: on a busy machine the kernel shares a process's CPU between its
+# threads by weight, and nice 10 weighs about a tenth of an ordinary search thread.
+HEAVY_NICE = 10
+logger = logging.getLogger(__name__)
 
 
 class Overloaded(TransientError):
@@ -107,15 +116,35 @@ class Lanes:
         self.general = Admission(concurrency=settings.api_concurrency, queue=settings.api_queue,
                                  wait_s=settings.api_queue_wait_s, target_s=settings.api_latency_target_s)
         self.heavy = Admission(concurrency=settings.api_heavy_concurrency, queue=0, wait_s=0.0, name="heavy")
+        self.heavy_threads = ThreadPoolExecutor(settings.api_heavy_concurrency, thread_name_prefix="heavy",
+                                                initializer=_lower_priority)
 
-    def for_request(self) -> Admission:
-        """The heavy lane for an upload whose header promises an expensive decode, else the general lane."""
+    def is_heavy(self) -> bool:
+        """True for an upload whose header promises an expensive decode."""
         f = request.files.get("image")
         if f is None:
-            return self.general
+            return False
         head = f.read()
         f.seek(0)  # the view reads the upload again
-        return self.heavy if decode_cost(head) > self.heavy_pixels else self.general
+        return decode_cost(head) > self.heavy_pixels
+
+    def run(self, view: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a view in its lane: general requests on the calling thread, heavy ones on a low-priority thread
+        (with this request's context)."""
+        if not self.is_heavy():
+            with self.general.slot():
+                return view(*args, **kwargs)
+        with self.heavy.slot():
+            ctx = contextvars.copy_context()
+            return self.heavy_threads.submit(ctx.run, view, *args, **kwargs).result()
+
+
+def _lower_priority() -> None:
+    try:
+        tid = threading.get_native_id()  # PRIO_PROCESS with a thread id sets that thread only, on Linux
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + HEAVY_NICE))
+    except (OSError, AttributeError) as exc:
+        logger.info("heavy-lane thread keeps its priority (%s)", exc)
 
 
 def lanes() -> Lanes:
@@ -136,7 +165,6 @@ def admitted(view: F) -> F:
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with lanes().for_request().slot():
-            return view(*args, **kwargs)
+        return lanes().run(view, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

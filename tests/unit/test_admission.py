@@ -104,3 +104,40 @@ def test_without_history_the_queue_waits_up_to_the_target() -> None:
     assert 0.25 < time.monotonic() - t0 < 2
     release.set()
     holder.join()
+
+
+def test_expensive_uploads_run_in_the_heavy_lane_on_a_lower_priority_thread() -> None:
+    import io
+    import os
+
+    from flask import Flask, jsonify, request
+    from PIL import Image
+
+    from api.admission import HEAVY_NICE, admitted
+    from shared.config import load_settings
+
+    app = Flask(__name__)
+
+    class Res:
+        settings = load_settings({"LOOKALIKE_API_HEAVY_PIXELS": "1000"})
+
+    app.extensions["lookalike"] = Res()
+
+    @app.post("/x")
+    @admitted
+    def view():
+        tid = threading.get_native_id()
+        return jsonify(nice=os.getpriority(os.PRIO_PROCESS, tid), n=len(request.files["image"].read()))
+
+    def png(side: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (side, side)).save(buf, "PNG")
+        return buf.getvalue()
+
+    client = app.test_client()
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    big, small = png(40), png(20)  # 1600 px > 1000: heavy; 400 px: general
+    r = client.post("/x", data={"image": (io.BytesIO(big), "a.png")})
+    assert r.json == {"nice": min(19, base + HEAVY_NICE), "n": len(big)}  # the view still sees the whole upload
+    r = client.post("/x", data={"image": (io.BytesIO(small), "a.png")})
+    assert r.json == {"nice": base, "n": len(small)}
