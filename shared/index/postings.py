@@ -971,8 +971,9 @@ class IndexSnapshot:
         with fewer than min_candidates candidates (per segment) falls back to "category".
         threads > 1 splits large Hamming-only range scans (category None, or a category of millions of rows) across
         that many threads (shared.codes.hamming.top_k_parallel); results are identical.
-        rows_filter(segment, c, lo, hi) -> int32 rows (ascending, within [lo, hi)) or None (the whole range): the
-        exact candidate rows of each segment, replacing the strategy (shared.index.refine uses it for edits).
+        rows_filter(segment, c, lo, hi) -> int32 rows (ascending, within [lo, hi)), or a uint8 (segment.n,) mask of
+        rows to skip in [lo, hi) (replacing the tombstones, so it must include them), or None (the whole range): the
+        exact candidates of each segment, replacing the strategy (shared.index.refine uses it for edits).
         """
         q = self._query_code(code)
         qc = _query_colour(colour, self.n_bins)
@@ -1002,7 +1003,9 @@ class IndexSnapshot:
             rows = None
             if rows_filter is not None:
                 rows = rows_filter(seg, c, lo, hi)
-                if rows is not None and rows.shape[0] == 0:
+                if rows is not None and rows.dtype == np.uint8:  # a skip mask over the segment, tombstones included
+                    rows, exclude = None, rows
+                elif rows is not None and rows.shape[0] == 0:
                     continue
             elif strategy != "category":
                 rows = _strategy_rows(seg, c, lo, hi, q_attrs, strategy, min_votes)

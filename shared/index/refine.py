@@ -124,6 +124,33 @@ def constraint_rows(seg, c: int, lo: int, hi: int, require: Sequence[int], exclu
     return (np.flatnonzero(keep) + lo).astype(np.int32)
 
 
+# A constraint keeping more than this share of the range is scanned as the range with a skip mask: the kernel checks
+# the mask only for rows that would enter the top k, while a row list costs a gather per row.
+_DENSE_SHARE = 0.5
+
+
+def _plan(seg, c: int, lo: int, hi: int, dead: np.ndarray | None, ref: Refinement) -> np.ndarray:
+    """A segment's candidates for an edit: int32 rows, or a uint8 (seg.n,) mask of rows to skip in [lo, hi)."""
+    if ref.require:
+        rows = constraint_rows(seg, c, lo, hi, ref.require, ref.exclude)
+        if rows.shape[0] <= _DENSE_SHARE * (hi - lo):
+            return rows
+    mask = np.empty(seg.n, dtype=np.uint8)  # only [lo, hi) is read
+    if ref.require:
+        mask[lo:hi] = 1
+        mask[rows] = 0
+    else:  # exclusions only: no row list at all
+        mask[lo:hi] = 0
+        for a in dict.fromkeys(ref.exclude):
+            lst = seg.posting(a, c)
+            if c < 0:
+                lst = lst[(lst >= lo) & (lst < hi)]
+            mask[lst] = 1
+    if dead is not None:
+        mask[lo:hi] |= dead[lo:hi]
+    return mask
+
+
 def _live(rows: np.ndarray | None, lo: int, hi: int, dead: np.ndarray | None) -> int:
     if rows is None:
         return (hi - lo) - (int(np.count_nonzero(dead[lo:hi])) if dead is not None else 0)
@@ -156,17 +183,19 @@ def refined_search(
     if code is None:
         raise ValueError("code is required unless the search ranks by colour alone")
     matched = 0
-    if ref.filters:
-        def rows_filter(seg, c: int, lo: int, hi: int) -> np.ndarray | None:
-            return constraint_rows(seg, c, lo, hi, ref.require, ref.exclude)
-    else:
-        rows_filter = None
+    plans: dict[int, np.ndarray | None] = {}  # id(segment) -> its candidates (rows, or a skip mask)
     for seg, dead in snap.segments():
         if seg.n == 0:
             continue
         c, lo, hi = seg.category_range(category_id)
         if hi > lo:
-            matched += _live(rows_filter(seg, c, lo, hi) if rows_filter else None, lo, hi, dead)
+            plan = _plan(seg, c, lo, hi, dead, ref) if ref.filters else None
+            plans[id(seg)] = plan
+            if plan is not None and plan.dtype == np.uint8:
+                matched += (hi - lo) - int(np.count_nonzero(plan[lo:hi]))
+            else:
+                matched += _live(plan, lo, hi, dead)
+    rows_filter = (lambda seg, c, lo, hi: plans.get(id(seg))) if ref.filters else None
     page_end = int(offset) + int(k)
     deep = int(ref.facets) > page_end
     # One scan serves the page and the facets. Which query attributes each hit has is looked up for the page only:

@@ -151,6 +151,16 @@ def test_edits_see_the_delta_and_skip_tombstones(items):
     assert int(ids[0]) in out.result.listing_ids.tolist()
     assert out.facets.categories == {2: min(60, want_ids.shape[0])}
     assert out.facets.attributes[3] == min(60, want_ids.shape[0])
+    # Exclusions scan the range with a skip mask, which must keep skipping the tombstones.
+    for ref in (Refinement(exclude=(3,)), Refinement(require=(0,), exclude=(3,)), Refinement(require=(5,))):
+        for cat in (2, None):
+            out = refined_search(nxt, code=codes[1], colour=colours[1], category_id=cat, k=50, colour_weight=0.2,
+                                 refinement=ref)
+            want_ids, _ = _reference(ref_items, code=codes[1], qcol=colours[1], category=cat, require=ref.require,
+                                     exclude=ref.exclude, w=0.2)
+            assert out.matched == want_ids.shape[0]
+            assert out.result.listing_ids.tolist() == want_ids[:50].tolist()
+            assert int(ids[1]) not in out.result.listing_ids.tolist()
 
 
 def test_constraint_rows_and_validation(snap):
