@@ -27,8 +27,9 @@ from shared.imaging import decode_cost
 F = TypeVar("F", bound=Callable[..., Any])
 RETRY_AFTER_S = 1
 # Heavy-lane threads run at this nice value: on a busy machine the kernel shares a process's CPU between its
-# threads by weight, and nice 10 weighs about a tenth of an ordinary search thread.
-HEAVY_NICE = 10
+# threads by weight, and nice 5 weighs about a third of an ordinary search thread (a heavy request still
+# progresses while searches run; nice 10 starved it for seconds).
+HEAVY_NICE = 5
 logger = logging.getLogger(__name__)
 
 

@@ -125,7 +125,7 @@ class Settings:
     api_queue_wait_s: float = _opt(_float(0.0), "longest wait for a slot before a 503 with Retry-After, seconds", 0.5)
     api_latency_target_s: float = _opt(_float(0.1), "a request waits for a slot only while its wait plus the recent "
                                        "time per request fits in this, seconds; beyond it, 503 with Retry-After at "
-                                       "once", 1.5)
+                                       "once", 1.2)
     api_heavy_pixels: int = _opt(_int(0), "uploads that decode more pixels than this (JPEG counts a quarter) run in "
                                  "the heavy lane, so they cannot crowd out ordinary searches", 8_000_000)
     api_heavy_concurrency: int = _opt(_int(1, 64), "heavy-lane requests one API process runs at once; more get "
