@@ -551,10 +551,19 @@
   function renderItems(items) {
     el.itemsLayer.replaceChildren();
     if (!state.image) return;
+    const anchors = []; // tag corners already used, in photo fractions: a tag never hides another one
+    const near = (a) => anchors.some((b) => Math.abs(a[0] - b[0]) < 0.3 && Math.abs(a[1] - b[1]) < 0.07);
     for (const it of items) {
       const box = document.createElement("div");
       box.className = "overlay item-box";
       box.classList.toggle("chosen", !!it.chosen);
+      box.style.zIndex = String(items.length - it.index); // the more likely item's tag lies on top
+      const [x0, y0, x1, y1] = it.box;
+      const corners = [["", [x0, y1]], ["tag-top", [x0, y0]], ["tag-right", [x1, y1]], ["tag-top tag-right", [x1, y0]]]
+        .map(([cls, [x, y]]) => [cls, [x / state.width, y / state.height]]);
+      const [cls, anchor] = corners.find(([, a]) => !near(a)) || corners[0];
+      anchors.push(anchor);
+      if (cls) box.classList.add(...cls.split(" "));
       box.dataset.testid = "item-box";
       box.dataset.index = String(it.index);
       box.dataset.category = it.category;

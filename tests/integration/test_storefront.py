@@ -183,6 +183,8 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     assert len(set(_card_ids(page))) == len(_card_ids(page)), "Load more repeated a listing"
 
     # 4. A rectangle drawn with the mouse: sent in ORIGINAL photo pixels, searched as option 3 (shopper_rect).
+    page.evaluate("window.scrollTo(0, 0)")  # "Load more" scrolled the page: the mouse works in viewport pixels
+    canvas.scroll_into_view_if_needed()
     cbox = canvas.bounding_box()
     fx0, fy0, fx1, fy1 = 0.15, 0.2, 0.85, 0.75  # fractions of the photo
     page.mouse.move(cbox["x"] + fx0 * cbox["width"], cbox["y"] + fy0 * cbox["height"])
@@ -245,4 +247,89 @@ def test_storefront_searches_by_photo_category_and_rectangle(live_system, page):
     expect(search_doc).to_contain_text("rect")
     expect(search_doc).to_contain_text("multipart/form-data")
     page.screenshot(path=str(SHOTS / "docs.png"), full_page=True)
+    assert page.errors == [], page.errors
+
+
+GARMENT_GROUPS = ("top", "bottom")
+GARMENTS = {"tshirt", "shirt", "top", "sweater", "jacket", "kurta", "jeans", "trousers", "shorts", "skirt", "dress"}
+
+
+def _street_photo(tmp_path: Path) -> Path:
+    """A Colorful Fashion test photo with several items, read from the data folder at run time (its images have
+    no licence and are never committed); without the data folder, a photo composed from sample photos."""
+    import csv
+
+    from shared.config import load_settings
+
+    data = Path(load_settings().data_dir)
+    if (data / "manifest.csv").exists():
+        with open(data / "manifest.csv", newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                if (row["dataset"] == "colorful_fashion" and row["split"] == "test" and row["category"] == "dress"
+                        and int(row["n_boxes"] or 0) >= 4):
+                    return data / row["file"]
+    from tests.integration.test_search_items import outfit_photo
+
+    path = tmp_path / "outfit.jpg"
+    path.write_bytes(outfit_photo())
+    return path
+
+
+def test_storefront_shows_every_item_and_searches_the_one_clicked(live_system, page, tmp_path):
+    from playwright.sync_api import expect
+
+    from shared.taxonomy import load_taxonomy
+
+    tax = load_taxonomy()
+    photo = _street_photo(tmp_path)
+    page.goto(f"{live_system.api_url}/")
+    page.get_by_test_id("file-input").set_input_files(str(photo))
+    expect(page.get_by_test_id("photo-canvas")).to_be_visible()
+    _, body = _search(page)
+    assert body["option"] == 1 and len(body["items"]) >= 2, body["items"]
+
+    # Every item is drawn as a labelled outline inside the photo; the searched one (the first) is a garment.
+    boxes = page.get_by_test_id("item-box")
+    expect(boxes).to_have_count(len(body["items"]))
+    canvas = page.get_by_test_id("photo-canvas").bounding_box()
+    for i, it in enumerate(body["items"]):
+        box = boxes.nth(i)
+        assert [float(v) for v in box.get_attribute("data-box").split(",")] == it["box"]
+        expect(box.get_by_test_id("item-tag")).to_contain_text(it["name"])
+        assert _box_inside(box.bounding_box(), canvas)
+    first = body["items"][0]
+    assert first["chosen"] and first["category"] in GARMENTS, first  # not the shoes or the bag
+    expect(boxes.nth(0)).to_have_class("overlay item-box chosen")
+    expect(boxes.nth(0).get_by_test_id("item-tag")).to_have_attribute("aria-pressed", "true")
+    before_cards = _card_ids(page)
+    before_roi = page.get_by_test_id("query-roi").text_content()
+    page.screenshot(path=str(SHOTS / "items.png"))
+
+    # Another item, reached with the keyboard (Tab onto its tag, Enter): searched as option 1 with `item`.
+    other = body["items"][1]
+    tag = boxes.nth(1).get_by_test_id("item-tag")
+    tag.focus()
+    with page.expect_response(_is_search, timeout=SEARCH_TIMEOUT_MS) as info:
+        page.keyboard.press("Enter")
+    picked = info.value.json()
+    page.wait_for_function("document.getElementById('app').dataset.state !== 'loading'")
+    assert picked["query"]["item"] == 1 and picked["items"][1]["chosen"]
+    assert picked["query"]["roi"]["box"] == other["box"]
+    _expect_results_match(page, picked)
+    expect(page.get_by_test_id("item-box").nth(1)).to_have_class("overlay item-box chosen")
+    # The "what we saw" panel follows the item: its region, and a category that agrees with the item's box.
+    expect(page.get_by_test_id("query-roi")).not_to_have_text(before_roi)
+    expect(page.get_by_test_id("query-category")).to_have_attribute("data-key", picked["query"]["category"]["key"])
+    cat, item_cat = tax.category(picked["query"]["category"]["key"]), tax.category(other["category"])
+    assert cat.id == item_cat.id or (cat.group == item_cat.group and cat.group in GARMENT_GROUPS)
+    expect(page.get_by_test_id("query-searched")).to_have_attribute(
+        "data-categories", ",".join(picked["query"]["category"]["searched"]))
+    assert _card_ids(page) != before_cards or picked["query"]["category"] != body["query"]["category"]
+
+    # A mouse click on the first item's tag goes back to it.
+    with page.expect_response(_is_search, timeout=SEARCH_TIMEOUT_MS) as info:
+        page.get_by_test_id("item-box").nth(0).get_by_test_id("item-tag").click()
+    assert info.value.json()["query"]["item"] == 0
+    page.wait_for_function("document.getElementById('app').dataset.state !== 'loading'")
+    expect(page.get_by_test_id("item-box").nth(0)).to_have_class("overlay item-box chosen")
     assert page.errors == [], page.errors
