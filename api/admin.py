@@ -1,4 +1,4 @@
-"""Admin endpoints (bearer-token protected): reindex and job progress."""
+"""Admin endpoints (bearer-token protected): reindex, job progress and seller-intent conflicts."""
 from __future__ import annotations
 
 import hmac
@@ -6,9 +6,9 @@ import hmac
 from flask import Blueprint, jsonify, request
 
 from api.resources import resources
-from api.forms import fields, str_field
+from api.forms import fields, int_field, str_field
 from shared.db import queries
-from shared.db.models import AdminJob
+from shared.db.models import AdminJob, Listing, ListingCategory
 from shared.db.session import session_scope
 from shared.errors import InvalidInput
 from shared.taxonomy import load_taxonomy
@@ -73,3 +73,25 @@ def job(job_id: int):
                         "generation_id": admin.generation_id, "error": admin.error, "progress": progress,
                         "created_at": admin.created_at.isoformat(),
                         "finished_at": admin.finished_at.isoformat() if admin.finished_at else None})
+
+
+@bp.get("/conflicts")
+def conflicts():
+    """Live listings whose photo's main item disagrees with the seller's category, newest first.
+    Query: limit (1..500, default 100), offset."""
+    from sqlalchemy import select
+
+    limit = int_field(request.args, "limit", default=100, minimum=1, maximum=500)
+    offset = int_field(request.args, "offset", default=0, minimum=0, maximum=1_000_000)
+    tax = load_taxonomy()
+    res = resources()
+    with session_scope(res.engine) as s:
+        rows = s.execute(
+            select(Listing.id, Listing.seller_id, Listing.external_id, Listing.title, ListingCategory.conflict)
+            .join(ListingCategory, ListingCategory.listing_id == Listing.id)
+            .where(ListingCategory.category_conflict.is_(True), ListingCategory.taxonomy_version == tax.version,
+                   Listing.deleted_at.is_(None))
+            .order_by(Listing.id.desc()).limit(limit).offset(offset)).all()
+    return jsonify({"conflicts": [{"listing_id": r.id, "seller_id": r.seller_id, "external_id": r.external_id,
+                                   "title": r.title, "listing": f"/v1/listings/{r.id}", **(r.conflict or {})}
+                                  for r in rows], "limit": limit, "offset": offset})

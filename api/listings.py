@@ -81,6 +81,8 @@ def show(listing_id: int):
             "image": f"/v1/listings/{listing.id}/image" if listing.image_sha256 else None,
             "category": None if cat is None else {"key": tax.category(cat.category_id).key, "source": cat.source,
                                                   "confidence": cat.confidence},
+            # The seller's category vs the photo's main item (shared.conflicts); indexed under the seller's.
+            "category_conflict": None if cat is None or not cat.category_conflict else cat.conflict,
             "attributes": [{"key": tax.attribute(a.attribute_id).key, "probability": a.probability,
                             "model_version": a.attribute_net_version} for a in attrs],
             "roi": [{"box": [r.x0, r.y0, r.x1, r.y1], "fallback": r.fallback, "score": r.score} for r in rois],

@@ -26,6 +26,7 @@ DELEGATED: dict[str, dict[str, tuple[str, str]]] = {
         "detector": ("training.detector.evaluate", "Table-3 mAP at IoU 0.5-0.9, guided vs non-guided"),
         "retrieval": ("training.retrieval.evaluate", "retrieval mAP, P@k, altered-copy P@1 / R@10"),
         "edits": ("training.edits.evaluate", "attribute / colour edits: share satisfying, appearance ratio"),
+        "conflicts": ("training.conflicts.evaluate", "seller-intent conflict flag: precision / recall"),
     },
     "bench": {
         "hamming": ("bench.hamming", "popcount kernel vs faiss"),
@@ -98,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                         ("api", "run the Flask API with waitress (Procfile: web)")):
         p = sub.add_parser(role, help=help_)
         p.set_defaults(func=_lazy("lookalike.supervisor", f"cmd_{role}"))
+
+    p = sub.add_parser("models", add_help=False,
+                       help="index generations: status, baseline, promote (golden-set gate), rollback")
+    p.set_defaults(delegate="lookalike.models_cmd")
 
     p = sub.add_parser("config", help="list every LOOKALIKE_* setting")
     p.set_defaults(func=_cmd_config)

@@ -1,0 +1,1 @@
+"""Seller-intent conflict evaluation."""
