@@ -115,7 +115,9 @@ def item_features(items: Sequence[Item], width: int, height: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ItemRanker:
-    """Linear scores on standardised features; softmax over a photo's items. merge_iou / min_score: merge_items'."""
+    """Linear scores on standardised features; softmax over a photo's items. merge_iou / min_score: merge_items'.
+    show_score: items after the first are listed only when their detector score reaches it (the weak ones still
+    take part in the softmax and the choice, but a shopper gains nothing from a 3 % 'bag' outline)."""
 
     weights: np.ndarray  # (n_features,)
     mean: np.ndarray
@@ -123,6 +125,7 @@ class ItemRanker:
     merge_iou: float = 0.6
     min_score: float = 0.3
     max_items: int = 8
+    show_score: float = 0.3
     version: str = "area-score"
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -137,7 +140,8 @@ class ItemRanker:
         z = self.logits(item_features(items, width, height))
         p = np.exp(z - z.max())
         p /= p.sum()
-        order = np.argsort(-p, kind="stable")[: self.max_items]
+        order = [i for k, i in enumerate(np.argsort(-p, kind="stable"))
+                 if k == 0 or items[i].score >= self.show_score][: self.max_items]
         return [Item(xyxy=items[i].xyxy, category_id=items[i].category_id, score=items[i].score,
                      class_scores=dict(items[i].class_scores), probability=float(p[i])) for i in order]
 
@@ -145,7 +149,8 @@ class ItemRanker:
         return {"version": self.version, "features": list(FEATURES_NUMERIC) + [f"class_{c}" for c in range(N_CATEGORIES)],
                 "weights": [round(float(x), 6) for x in self.weights], "mean": [round(float(x), 6) for x in self.mean],
                 "std": [round(float(x), 6) for x in self.std], "merge_iou": self.merge_iou,
-                "min_score": self.min_score, "max_items": self.max_items, "meta": self.meta}
+                "min_score": self.min_score, "max_items": self.max_items, "show_score": self.show_score,
+                "meta": self.meta}
 
     @classmethod
     def from_json(cls, blob: dict[str, Any]) -> "ItemRanker":
@@ -154,7 +159,8 @@ class ItemRanker:
         if not (w.shape == m.shape == s.shape == (n,)):
             raise ValueError(f"ranker has {w.shape[0]} weights, this code computes {n} features")
         return cls(weights=w, mean=m, std=s, merge_iou=float(blob["merge_iou"]), min_score=float(blob["min_score"]),
-                   max_items=int(blob.get("max_items", 8)), version=str(blob.get("version", "unknown")),
+                   max_items=int(blob.get("max_items", 8)), show_score=float(blob.get("show_score", 0.3)),
+                   version=str(blob.get("version", "unknown")),
                    meta=dict(blob.get("meta", {})))
 
 

@@ -312,6 +312,8 @@ def test_ranker_prefers_the_garment_and_probabilities_sum_to_one() -> None:
     f = item_features(items, 256, 360)
     assert f.shape[0] == 3 and np.isfinite(f).all()
     assert ranker.rank([], 256, 360) == []
+    weak = ranker.rank(rois + [_box((200, 10, 240, 40), "eyewear", 0.1)], 256, 360)
+    assert len(weak) == 3  # a weak detection takes part in the choice but is not listed (show_score 0.3)
 
 
 def test_ranker_json_round_trip_and_shipped_ranker(tmp_path: Path) -> None:
