@@ -184,7 +184,8 @@ def test_storefront_chips_swatches_facets_and_why(live_system, engine, browser):
         assert shown and shown != before and shown == _ids(edited)
         a = TAX.attribute(key).id
         assert all(a in attrs for _, attrs in _postings(engine, shown).values())
-        expect(page.get_by_test_id("refine-matched")).to_have_attribute("data-matched", str(edited["refine"]["matched"]))
+        matched = str(edited["refine"]["matched"])
+        expect(page.get_by_test_id("refine-matched")).to_have_attribute("data-matched", matched)
         expect(page.get_by_test_id("facets").locator(f"[data-key='{key}']")).to_have_attribute("data-mode", "require")
 
         # Pick a swatch (a colour some of those results have): the colour is required too, results carry both.
