@@ -84,20 +84,28 @@ def test_retry_notes_the_error_on_the_listing_before_giving_up(engine, settings)
 
 
 def test_poison_listing_never_holds_an_admin_reindex_open(engine, settings):
+    from types import SimpleNamespace
+
     with session_scope(engine) as s:
-        # Retired, so finishing this admin job cannot switch the shared test database's active generation.
-        gen = IndexGeneration(model_version=f"poison-{uuid.uuid4().hex}", status="retired")
+        gen = IndexGeneration(model_version=f"poison-{uuid.uuid4().hex}", status="building")
         s.add(gen)
         s.flush()
         admin = AdminJob(kind="reindex", params={}, status="running", generation_id=gen.id, total=1)
         s.add(admin)
         s.flush()
-        gen_id, admin_id = gen.id, admin.id
+        gen_id, admin_id, version = gen.id, admin.id, gen.model_version
     _, job_id = _listing_with_job(engine, kind="reindex", admin_job_id=admin_id, generation_id=gen_id)
     finalize_admin_jobs(engine=engine)
     with session_scope(engine) as s:
         assert s.get(AdminJob, admin_id).status == "running"  # its job is still queued
-    _run_until_settled(job_id, engine=engine, settings=settings, models=None)
+    # Networks of the generation's version whose pipeline raises (no taxonomy): a poison listing for them.
+    broken = SimpleNamespace(model_version=version)
+    seen = _run_until_settled(job_id, engine=engine, settings=settings, models=broken)
+    assert seen[-1] == "failed", seen
+    with session_scope(engine) as s:
+        # Retired before finalizing, so closing this admin job cannot activate a fake generation in the shared
+        # test database.
+        s.get(IndexGeneration, gen_id).status = "retired"
     finalize_admin_jobs(engine=engine)
     with session_scope(engine) as s:
         admin = s.get(AdminJob, admin_id)
