@@ -77,6 +77,18 @@ def int_field(body: dict[str, Any], name: str, *, default: int, minimum: int, ma
     return value
 
 
+def bool_field(body: dict[str, Any], name: str, *, default: bool = False) -> bool:
+    """true/false (JSON booleans, or the strings true/false, 1/0, yes/no); absent, null or "" means the default."""
+    raw = body.get(name)
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return raw.strip().lower() in ("true", "1", "yes")
+    raise InvalidInput(f"{name} must be true or false, got {_short(raw)}")
+
+
 def str_field(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
     """A text field: absent or "" is None (or 'required'); otherwise clean text."""
     value = body.get(name)

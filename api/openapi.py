@@ -26,6 +26,8 @@ def openapi_document() -> dict[str, Any]:
                    "description": "'all': every item of `items` also carries its own `query` category and `results`"},
         "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
         "offset": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 0},
+        "partial": {"type": "boolean", "default": False,
+                    "description": "sharded index: answer from the shards that are up (index.shards lists which) instead of 503"},
         **OPENAPI_REQUEST_FIELDS,
     }
     listing_fields = {

@@ -337,7 +337,7 @@ def palette_search(res: Any, body: dict[str, Any], tax: Taxonomy, refine: Refine
         "query": {"category": {"key": category.key, "name": category.name, "source": "shopper"}, "attributes": []},
         "results": results, "k": k, "offset": offset, "next_offset": offset + len(reply.hits),
         "index": {"generation": reply.generation, "items": reply.n_items, "scanned": reply.scanned,
-                  "search_ms": round(reply.elapsed_ms, 3)},
+                  "search_ms": round(reply.elapsed_ms, 3), **({"shards": reply.shards} if reply.shards else {})},
         **response_fields(refine, reply, tax),
     }
 

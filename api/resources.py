@@ -8,7 +8,7 @@ from flask import current_app
 
 from shared.config import Settings
 from shared.db.session import make_engine
-from shared.index.client import IndexClient
+from shared.index.shards import index_client
 
 
 class Resources:
@@ -18,7 +18,7 @@ class Resources:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = make_engine(settings)
-        self.index = IndexClient(settings.resolved_index_url)
+        self.index = index_client(settings.resolved_index_urls)  # one daemon, or a scatter over shards
         self._models: Any = None
         self._lock = threading.Lock()
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from api.resources import resources
 from api.admission import admitted
-from api.forms import fields, int_field, str_field, uploaded_image
+from api.forms import bool_field, fields, int_field, str_field, uploaded_image
 from api.refine import add_why, palette_search, parse_refine, response_fields, search_refined
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from shared.db.models import Listing
@@ -26,6 +26,7 @@ from shared.db.session import session_scope
 from shared.errors import InvalidInput
 from shared.fetch import fetch_image_bytes
 from shared.imaging import decode_image, in_source_pixels, source_size, to_source_box, to_work_box
+from shared.index.shards import allow_partial
 from shared.pipeline import Analysis, analyze
 from shared.taxonomy import load_taxonomy
 
@@ -60,6 +61,8 @@ def search():
     res = resources()
     settings = res.settings
     body = fields(request)
+    # Several index shards: with partial=true a shard that is down is skipped (index.shards names who answered).
+    allow_partial(bool_field({**request.args, **body}, "partial"))
     data = uploaded_image(request)
     url = str_field(body, "image_url")
     refine = parse_refine(body, load_taxonomy())  # edit / palette / facets (api/refine.py)
@@ -121,7 +124,7 @@ def search():
         "results": results, "k": k, "offset": offset, "next_offset": offset + len(reply.hits),
         "index": {"generation": reply.generation, "model_version": reply.model_version, "items": reply.n_items,
                   "scanned": reply.scanned,
-                  "search_ms": round(reply.elapsed_ms, 3)},
+                  "search_ms": round(reply.elapsed_ms, 3), **({"shards": reply.shards} if reply.shards else {})},
         "timings_ms": {**{k2: round(v, 1) for k2, v in analysis.timings_ms.items()}, "total": round(elapsed, 1)},
         **response_fields(refine, reply, tax),
     })

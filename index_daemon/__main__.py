@@ -42,13 +42,16 @@ def run(settings: Settings) -> int:
     from index_daemon.reloader import Reloader
     from index_daemon.server import create_daemon_app
     from shared.db.session import make_engine
+    from shared.index.shards import Shard
 
     t0 = time.perf_counter()
     warm_up_all()
     logger.info("kernels ready in %.1f s", time.perf_counter() - t0)
     engine = make_engine(settings)
     holder = SnapshotHolder()
-    reloader = Reloader(engine, holder, poll_s=settings.index_poll_ms / 1000)
+    shard = None if settings.index_shard is None else Shard.parse(settings.index_shard)
+    holder.state.extra["shard"] = None if shard is None else str(shard)
+    reloader = Reloader(engine, holder, poll_s=settings.index_poll_ms / 1000, shard=shard)
     # Ranking parameters come from the served generation (index_generations.params), not from files on disk.
     app = create_daemon_app(holder)
     server = create_server(app, host=settings.index_host, port=settings.index_port, threads=4, ident="indexd")
@@ -59,7 +62,8 @@ def run(settings: Settings) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
-    logger.info("index daemon on http://%s:%s/", settings.index_host, settings.index_port)
+    logger.info("index daemon on http://%s:%s/ (shard %s)", settings.index_host, settings.index_port,
+                shard or "-: the whole index")
     try:
         server.run()
     except (KeyboardInterrupt, OSError):

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from shared.index.postings import ItemArrays, items_from_cursor, load_items
+from shared.index.postings import BULK_LOAD_SQL, ItemArrays, items_from_cursor, load_items
+from shared.index.shards import Shard
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,9 @@ def _widths(cur, generation_id: int) -> tuple[int, int] | None:
     return None if row is None else (int(row[0]), int(row[1]))
 
 
-def load_generation(engine: Engine) -> tuple[int | None, str | None, int, ItemArrays | None]:
+def load_generation(engine: Engine, shard: Shard | None = None) -> tuple[int | None, str | None, int, ItemArrays | None]:
     """(active generation id, its model version, change seq at load time, its postings or None when empty),
-    read in one REPEATABLE READ transaction so the seq and the rows agree."""
+    read in one REPEATABLE READ transaction so the seq and the rows agree. shard: load only its listings."""
     t0 = time.perf_counter()
     raw = engine.raw_connection()
     try:
@@ -44,7 +45,8 @@ def load_generation(engine: Engine) -> tuple[int | None, str | None, int, ItemAr
             gen_id, model_version = int(row[0]), str(row[1])
             widths = _widths(cur, gen_id)
             if widths is not None:
-                items = load_items(cur, generation_id=gen_id, n_bytes=widths[0], n_bins=widths[1])
+                items = load_items(cur, generation_id=gen_id, n_bytes=widths[0], n_bins=widths[1],
+                                   sql=None if shard is None else shard.bulk_sql(BULK_LOAD_SQL))
         raw.rollback()
     finally:
         raw.set_session(isolation_level="READ COMMITTED", readonly=False)

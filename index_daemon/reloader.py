@@ -2,6 +2,7 @@
 building a new immutable snapshot each time and swapping it in (queries never see half an update)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -13,6 +14,7 @@ from index_daemon import loader
 from index_daemon.holder import SnapshotHolder
 from shared.index.postings import IndexSnapshot
 from shared.index.refine import prepare as prepare_facets
+from shared.index.shards import Shard
 
 logger = logging.getLogger(__name__)
 
@@ -28,15 +30,16 @@ class EmptySnapshot:
 
 
 class Reloader:
-    def __init__(self, engine: Engine, holder: SnapshotHolder, *, poll_s: float) -> None:
+    def __init__(self, engine: Engine, holder: SnapshotHolder, *, poll_s: float, shard: Shard | None = None) -> None:
         self.engine, self.holder, self.poll_s = engine, holder, poll_s
+        self.shard = shard  # a shard daemon holds only its own listings (shared.index.shards)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="reloader", daemon=True)
 
     def full_load(self) -> None:
         t0 = time.perf_counter()
         self.holder.state.status = "loading" if self.holder.current() is None else self.holder.state.status
-        gen, model_version, last_seq, items = loader.load_generation(self.engine)
+        gen, model_version, last_seq, items = loader.load_generation(self.engine, self.shard)
         snap = (EmptySnapshot(gen or 0) if items is None or len(items) == 0
                 else IndexSnapshot.from_items(items, generation=gen, sequence=last_seq))
         if isinstance(snap, IndexSnapshot):
@@ -60,6 +63,9 @@ class Reloader:
             logger.info("a new generation was activated; reloading")
             self.full_load()
             return -1
+        if self.shard is not None:  # every shard reads the whole change sequence and keeps its own listings
+            batch = dataclasses.replace(batch, upserted=self.shard.owned(batch.upserted),
+                                        deleted=self.shard.owned(batch.deleted))
         if not batch.upserted and not batch.deleted:
             st.last_seq = batch.last_seq
             return 0

@@ -39,7 +39,7 @@ def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float = LEGACY_C
         body = {"status": st.status, "generation": st.generation, "model_version": st.model_version,
                 "items": st.items, "index_bytes": st.index_bytes, "last_seq": st.last_seq, "load_seconds": st.load_seconds, "error": st.error,
                 "networks": st.networks, "params": st.params, "previous_generation": st.previous_generation,
-                "previous_model_version": st.previous_model_version}
+                "previous_model_version": st.previous_model_version, "shard": st.extra.get("shard")}
         return jsonify(body), 200 if st.status == "ready" else 503
 
     @app.get("/metrics")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -89,6 +90,20 @@ def _http_url(name: str, raw: str) -> str:
     return parse_url(name, raw, ("http", "https"))
 
 
+def _shard(name: str, raw: str) -> str:
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", raw)
+    if m is None or not int(m.group(1)) < int(m.group(2)):
+        raise ConfigError(f"{name}: expected 'i/N' (shard i of N, 0 <= i < N), got {raw!r}")
+    return f"{int(m.group(1))}/{int(m.group(2))}"
+
+
+def _http_urls(name: str, raw: str) -> str:
+    urls = [u.strip() for u in raw.split(",") if u.strip()]
+    if not urls:
+        raise ConfigError(f"{name}: expected comma-separated http(s) URLs, got {raw!r}")
+    return ",".join(_http_url(name, u) for u in urls)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting Lookalike reads; `LOOKALIKE_<FIELD NAME UPPERCASED>` sets a field."""
@@ -105,6 +120,10 @@ class Settings:
     index_port: int = _opt(_int(1, 65535), "port the index daemon binds", 8001)
     index_url: str | None = _opt(_http_url, "URL the API uses to reach the daemon; unset = http://INDEX_HOST:INDEX_PORT")
     index_poll_ms: int = _opt(_int(10, 60_000), "how often the daemon polls the change sequence", 200)
+    index_shard: str | None = _opt(_shard, "this index daemon is shard i of N ('i/N'): it holds only the listings "
+                                   "with listing_id % N == i; unset = the whole index")
+    index_urls: str | None = _opt(_http_urls, "comma-separated URLs of every index shard, in shard order (shard i "
+                                  "at position i), the API scatters searches to; unset = INDEX_URL alone")
     admin_token: str | None = _opt(_str, "bearer token for /v1/admin/*; unset = admin endpoints answer 403")
     worker_concurrency: int = _opt(_int(1, 64), "Celery worker processes (one per core pays: each runs one torch thread)",
                                    2)
@@ -146,6 +165,11 @@ class Settings:
     def resolved_index_url(self) -> str:
         """The daemon's base URL as the API sees it."""
         return self.index_url or f"http://{self.index_host}:{self.index_port}"
+
+    @property
+    def resolved_index_urls(self) -> list[str]:
+        """Every index shard's base URL as the API sees it, in shard order (one: the unsharded daemon)."""
+        return self.index_urls.split(",") if self.index_urls else [self.resolved_index_url]
 
     def with_overrides(self, **changes: Any) -> "Settings":
         """A copy with some fields replaced (used when embedded servers resolve their URLs)."""

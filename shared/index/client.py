@@ -25,6 +25,7 @@ class SearchReply:
     terms: dict[int, tuple[float, float]] = field(default_factory=dict)
     facets: dict[str, Any] | None = None
     model_version: str | None = None  # the generation's networks (the version contract)
+    shards: dict[str, Any] | None = None  # several shards: which answered (shared.index.shards)
 
 
 class IndexClient:
