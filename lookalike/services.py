@@ -185,7 +185,10 @@ class EmbeddedServices:
         """Start the embedded server again on the same data folder (same socket, so the same URL)."""
         from pgserver.postgres_server import PostgresServer
 
-        PostgresServer._instances.pop((self.var_dir / "pg").expanduser().resolve(), None)
+        pgdata = self.var_dir / "pg"
+        PostgresServer._instances.pop(pgdata.expanduser().resolve(), None)
+        if not self._pg_running(pgdata):
+            _remove_stale_pg_locks(pgdata)
         old, owned = self.database_url, list(self.owned)
         self.start_postgres()
         self.owned = owned
@@ -231,6 +234,19 @@ class EmbeddedServices:
         if self.owned and self.state_file.exists():
             self.state_file.unlink()
         self.owned.clear()
+
+
+def _remove_stale_pg_locks(pgdata: Path) -> None:
+    """A SIGKILLed postmaster can linger as a zombie when no init reaps orphans; PostgreSQL and pgserver take a
+    zombie for a live server, so its lock files (data folder and socket) would block every restart."""
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+    except OSError:
+        return
+    if len(lines) >= 5 and lines[3].strip() and lines[4].strip():  # port, socket directory
+        (Path(lines[4].strip()) / f".s.PGSQL.{lines[3].strip()}.lock").unlink(missing_ok=True)
+    pid_file.unlink(missing_ok=True)
 
 
 def resolve_services(settings: Settings, *, need_db: bool = True, need_redis: bool = True

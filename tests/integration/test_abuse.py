@@ -250,3 +250,32 @@ def test_embedded_redis_is_restarted_on_its_port(tmp_path):
         assert _redis_ping(port)
     finally:
         services._stop_redis()
+
+
+def test_embedded_postgres_is_restarted_with_the_same_url(tmp_path):
+    """What the `up` supervisor does when the embedded PostgreSQL dies: same data folder and socket, same URL."""
+    import os
+    import signal
+
+    from sqlalchemy import create_engine, text
+
+    from lookalike.services import EmbeddedServices
+
+    services = EmbeddedServices(var_dir=tmp_path)
+    services.start_postgres()
+    try:
+        url, pid = services.database_url, services._pg_pid
+        assert services.postgres_alive()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while services.postgres_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not services.postgres_alive()
+        services.restart_postgres()
+        assert services.postgres_alive() and services._pg_pid != pid and services.database_url == url
+        eng = create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+        with eng.connect() as c:
+            assert c.execute(text("SELECT 1")).scalar_one() == 1
+        eng.dispose()
+    finally:
+        services._stop_postgres()
