@@ -444,9 +444,10 @@ def run_load(api: str, photos: list[bytes], clients: int, seconds: float) -> dic
 # -- killed servers -------------------------------------------------------------------------------------------
 
 def run_recovery(api: str, settings: Settings, photos: list[bytes]) -> dict:
-    """SIGKILL embedded Redis, then the API process: each must be restarted by `up` and reported in /readyz."""
+    """SIGKILL embedded Redis, embedded PostgreSQL, then the API process: each must be restarted by `up` and
+    reported in /readyz, and a search must succeed again."""
     out = {}
-    for name in ("redis", "api"):
+    for name in ("redis", "postgres", "api"):
         report = read_report(settings.var_dir) or {}
         entry = report.get("watched", {}).get(name)
         if not entry or not entry.get("pid"):
