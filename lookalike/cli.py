@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "columns (image paths relative to the CSV)")
     src.add_argument("--no-ingest", action="store_true", help="start everything but index nothing new")
     p.add_argument("--limit", type=int, default=None, help="index at most this many rows")
+    p.add_argument("--shards", type=int, default=1, metavar="N",
+                   help="run N index daemons, each holding 1/N of the listings, on INDEX_PORT .. INDEX_PORT+N-1")
     p.set_defaults(func=_lazy("lookalike.supervisor", "cmd_up"))
 
     p = sub.add_parser("down", help="stop a running `lookalike up` (and the embedded servers it started)")

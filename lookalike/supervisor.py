@@ -227,9 +227,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         (Path(settings.var_dir) / "up.pid").write_text(str(os.getpid()))
         env = child_env(settings)
         py = sys.executable
-        children = [Child("worker", [py, "-m", "lookalike", "worker"], env, log_dir),
-                    Child("indexd", [py, "-m", "lookalike", "indexd"], env, log_dir),
-                    Child("api", [py, "-m", "lookalike", "api"], env, log_dir)]
+        indexds, index_urls, api_env = _index_children(settings, env, getattr(args, "shards", 1), py, log_dir)
+        api = Child("api", [py, "-m", "lookalike", "api"], api_env, log_dir)
+        children = [Child("worker", [py, "-m", "lookalike", "worker"], env, log_dir), *indexds, api]
         watchdog: Watchdog | None = None
         try:
             for c in children:
@@ -237,9 +237,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             watchdog = Watchdog(_watched(settings, services, children), Path(settings.var_dir) / REPORT_FILE)
             watchdog.start()
             api_url = f"http://{settings.api_host}:{settings.api_port}"
-            _wait_http(f"{settings.resolved_index_url}/healthz", timeout_s=120, what="index daemon",
-                       child=children[1])
-            _wait_http(f"{api_url}/healthz", timeout_s=180, what="API", child=children[2])
+            for url, child in zip(index_urls, indexds):
+                _wait_http(f"{url}/healthz", timeout_s=120, what=child.name, child=child)
+            _wait_http(f"{api_url}/healthz", timeout_s=180, what="API", child=api)
             print(f"worker, index daemon and API started (logs in {log_dir})", flush=True)
             if not args.no_ingest:
                 from lookalike.catalogue import ingest_catalogue, rows_for
@@ -264,6 +264,24 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print("stopping embedded PostgreSQL and Redis ...", flush=True)
     print("stopped", flush=True)
     return 0
+
+
+def _index_children(settings: Settings, env: dict[str, str], shards: int, py: str,
+                    log_dir: Path) -> tuple[list[Child], list[str], dict[str, str]]:
+    """The index daemon(s), their URLs and the API's environment. One shard: one daemon, as always. N shards: daemon i holds
+    the listings with id % N == i (LOOKALIKE_INDEX_SHARD) on INDEX_PORT + i; the API scatters to all of them."""
+    if shards < 1:
+        raise SystemExit("--shards must be at least 1")
+    if shards == 1:
+        return [Child("indexd", [py, "-m", "lookalike", "indexd"], env, log_dir)], [settings.resolved_index_url], env
+    children, urls = [], []
+    for i in range(shards):
+        port = settings.index_port + i
+        children.append(Child(f"indexd-{i}", [py, "-m", "lookalike", "indexd"],
+                              {**env, "LOOKALIKE_INDEX_SHARD": f"{i}/{shards}", "LOOKALIKE_INDEX_PORT": str(port),
+                               "LOOKALIKE_INDEX_URL": ""}, log_dir))
+        urls.append(f"http://{settings.index_host}:{port}")
+    return children, urls, {**env, "LOOKALIKE_INDEX_URLS": ",".join(urls)}
 
 
 def _watched(settings: Settings, services: Any, children: list[Child]) -> list[Watched]:
