@@ -173,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     engine = _engine(settings)
     if args.action == "status":
         rows = generations(engine)
-        print(json.dumps({"generations": rows}) if args.json else "", end="\n" if args.json else "")
-        if not args.json:
+        if args.json:
+            print(json.dumps({"generations": rows}))
+        else:
             _print_status(rows)
         return 0
     if args.action == "rollback":

@@ -104,9 +104,11 @@ def _defer_other_version(s, *, job: Job, models: Models) -> Outcome | None:
         return Outcome(job.id, "superseded", "its generation is retired")
     if generation.model_version == models.model_version:
         return None
+    message = f"waits for a worker running {generation.model_version}"
     job.status, job.attempts, job.lease_until, job.enqueued_at = "queued", job.attempts - 1, None, queries.now()
+    job.last_error = message
     s.flush()
-    return Outcome(job.id, "skipped", f"waits for a worker running {generation.model_version}")
+    return Outcome(job.id, "skipped", message)
 
 
 def _decode(data: bytes, settings: Settings):

@@ -241,3 +241,58 @@ def test_golden_baseline_of_the_live_generation(live_system, engine, settings, r
         models_cmd.record_golden(engine, models, other)
     with session_scope(engine) as s:
         s.get(IndexGeneration, other).status = "retired"
+
+
+def test_listing_ingested_during_a_build_reaches_both_generations(live_system, engine, settings, real_generation):
+    """While a generation of other networks is building, a new listing is written by the live worker into its own
+    generation and queued for the other one; the live worker (other networks) puts that job back untouched, and a
+    worker running the building generation's networks (here: in-process, the same weights under another version
+    label) writes it there. Nothing becomes invisible in either generation."""
+    import dataclasses
+
+    from shared.db.models import Job, Posting
+    from shared.pipeline import Models
+    from workers.processing import process_job
+
+    real_id, _ = real_generation
+    models_next = Models.load(settings)
+    models_next = dataclasses.replace(models_next, features_version=models_next.features_version + "-next")
+    with session_scope(engine) as s:
+        building = queries.ensure_generation(session=s, model_version=models_next.model_version,
+                                             networks=models_next.versions, params=models_next.ranking_params)
+        assert building.status == "building"
+        building_id = building.id
+    try:
+        r = requests.post(f"{live_system.api_url}/v1/listings",
+                          data={"seller_id": f"build-{uuid.uuid4().hex[:8]}", "external_id": "x",
+                                "title": "Blue denim jacket"},
+                          files={"image": ("p.jpg", _sample_photo(3))}, timeout=30)
+        assert r.status_code == 202, r.text
+        lid = r.json()["listing_id"]
+        deadline = time.monotonic() + 120
+        job = None
+        while time.monotonic() < deadline:  # ready in the live generation, and its job for the other one sent
+            with session_scope(engine) as s:
+                ready = s.get(Listing, lid).status == "ready"
+                job = s.execute(select(Job).where(Job.listing_id == lid, Job.generation_id == building_id)
+                                ).scalar_one_or_none()
+                if ready and job is not None and job.status == "queued" and "waits for a worker" in (
+                        job.last_error or ""):
+                    job_id, status, attempts = job.id, job.status, job.attempts
+                    break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"listing {lid} not ready or its job for generation {building_id} never put back")
+        assert job.kind == "reindex" and status == "queued" and attempts == 0  # the live worker put it back
+
+        def posting_in(gen: int) -> bool:
+            with session_scope(engine) as s:
+                return s.get(Posting, (gen, lid)) is not None
+
+        assert posting_in(real_id) and not posting_in(building_id)
+        outcome = process_job(job_id, engine=engine, settings=settings, models=models_next)
+        assert outcome.status == "done", outcome
+        assert posting_in(building_id)
+    finally:
+        with session_scope(engine) as s:
+            s.get(IndexGeneration, building_id).status = "retired"
