@@ -177,16 +177,16 @@ class ShardedIndexClient:
     def search_categories(self, *, code: bytes, colour: np.ndarray, category_ids: list[int],
                           attribute_ids: list[int], k: int, offset: int,
                           refine: dict[str, Any] | None = None, model_version: str | None = None,
-                          near_duplicate: float = 0.0) -> SearchReply:
-        """IndexClient.search_categories over every shard: each shard's top (offset + k) over the categories (and
-        near-duplicates), merged by (score, listing id): which listings qualify depends on the listing alone, so
-        the merge is exact. A refined search scans the first category only (as on one daemon)."""
-        extra = {"near_duplicate": near_duplicate} if near_duplicate > 0 else {}
+                          **extra: Any) -> SearchReply:
+        """IndexClient.search_categories over every shard: each shard's top (offset + k) over the categories, merged
+        by (score, listing id). `extra` (IndexClient's near-duplicate options) goes to every shard as it is: whether
+        a listing qualifies, and its score, depend on that listing alone, so the merge stays exact. A refined search
+        scans the first category only (as on one daemon)."""
         if len(self.clients) == 1:
             return self.clients[0].search_categories(code=code, colour=colour, category_ids=category_ids,
                                                      attribute_ids=attribute_ids, k=k, offset=offset, refine=refine,
                                                      model_version=model_version, **extra)
-        if refine or (len(category_ids) == 1 and not extra):
+        if refine or (len(category_ids) == 1 and not extra.get("near_duplicate")):
             return self.search(code=code, colour=colour, category_id=category_ids[0], attribute_ids=attribute_ids,
                                k=k, offset=offset, refine=refine, model_version=model_version)
 

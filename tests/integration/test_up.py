@@ -18,8 +18,9 @@ from lookalike.services import free_port
 pytestmark = pytest.mark.integration
 
 
-def _run_up(env: dict[str, str], limit: int) -> tuple[subprocess.Popen, str, float]:
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "up", "--limit", str(limit)], env=env, cwd=REPO_ROOT,
+def _run_up(env: dict[str, str], limit: int, *extra: str) -> tuple[subprocess.Popen, str, float]:
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "up", "--limit", str(limit), *extra], env=env,
+                            cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     t0 = time.monotonic()
     out = []
@@ -76,6 +77,40 @@ def test_up_indexes_serves_stops_and_reuses_state(server_tmp_path):
         url = out.rsplit("Search at:", 1)[1].split()[0]
         ready = requests.get(f"{url.rstrip('/')}/readyz", timeout=10).json()
         assert ready["checks"]["index"]["items"] == 12
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert _leftovers(var_dir) == []
+
+
+@pytest.mark.skipif(bool(os.environ.get("TEST_LOOKALIKE_DATABASE_URL")), reason="runs on embedded servers only")
+def test_up_with_two_shards_splits_the_index(server_tmp_path):
+    """`lookalike up --shards 2`: two index daemons, each holding its half, and an API that searches both."""
+    var_dir = server_tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
+    env.update({"LOOKALIKE_VAR_DIR": str(var_dir), "LOOKALIKE_API_PORT": str(free_port()),
+                "LOOKALIKE_INDEX_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
+    if os.environ.get("LOOKALIKE_MODELS_DIR"):
+        env["LOOKALIKE_MODELS_DIR"] = os.environ["LOOKALIKE_MODELS_DIR"]
+    proc, out, _ = _run_up(env, 6, "--shards", "2")
+    try:
+        url = out.rsplit("Search at:", 1)[1].split()[0].rstrip("/")
+        deadline = time.monotonic() + 20  # the daemons apply the last listings within a few polls
+        while True:
+            ready = requests.get(f"{url}/readyz", timeout=10).json()
+            if ready["checks"]["index"].get("items") == 6 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        shards = ready["checks"]["index"]["shards"]
+        assert [s["shard"] for s in shards] == ["0/2", "1/2"] and ready["checks"]["index"]["items"] == 6, ready
+        assert all(s["items"] > 0 for s in shards), shards  # each daemon holds its part, none holds all
+        photo = (REPO_ROOT / "sample" / "images").glob("*.jpg").__next__().read_bytes()
+        r = requests.post(f"{url}/v1/search", files={"image": ("q.jpg", photo)}, data={"k": 6}, timeout=60)
+        assert r.status_code == 200, r.text
+        index = r.json()["index"]
+        assert index["items"] == 6 and index["shards"] == {"count": 2, "answered": [0, 1], "missing": [],
+                                                           "partial": False}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.communicate(timeout=120)
