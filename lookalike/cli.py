@@ -33,6 +33,7 @@ DELEGATED: dict[str, dict[str, tuple[str, str]]] = {
         "postings": ("bench.postings", "postings strategies at 1M items"),
         "ingest": ("bench.ingest", "listings/s per worker and POST-to-commit latency"),
         "search": ("bench.search", "end-to-end search latency, daemon load time and RAM"),
+        "shards": ("bench.shards", "one index in N shards vs one snapshot: search time, exact merge"),
     },
     "data": {
         "report": ("training.data_report", "label coverage of a data folder"),
