@@ -56,6 +56,7 @@ SEARCH_CASES = [
     ({"k": "0"}, "png", "k"),
     ({"k": "many"}, "png", "k"),
     ({"offset": "-1"}, "png", "offset"),
+    ({"partial": "maybe"}, "png", "partial"),
 ]
 
 

@@ -7,7 +7,7 @@ import random
 import pytest
 from flask import Flask
 
-from api.forms import BodyTooLarge, MAX_JSON_BYTES, fields, int_field, str_field, uploaded_image
+from api.forms import BodyTooLarge, MAX_JSON_BYTES, bool_field, fields, int_field, str_field, uploaded_image
 from shared.errors import InvalidInput
 
 app = Flask(__name__)
@@ -118,3 +118,15 @@ def test_upload_together_with_image_url_is_refused() -> None:
 
         with pytest.raises(InvalidInput, match="empty"):
             uploaded_image(request)
+
+
+@pytest.mark.parametrize("raw,value", [(None, False), ("", False), (True, True), (False, False), ("true", True),
+                                       ("1", True), ("Yes", True), ("false", False), ("0", False), ("no", False)])
+def test_bool_field_values(raw: object, value: bool) -> None:
+    assert bool_field({"partial": raw}, "partial") is value
+
+
+@pytest.mark.parametrize("raw", ["maybe", 1, 0.0, [], {}])
+def test_bool_field_refuses_anything_else(raw: object) -> None:
+    with pytest.raises(InvalidInput, match="partial"):
+        bool_field({"partial": raw}, "partial")
