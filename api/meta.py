@@ -9,6 +9,7 @@ from api.resources import resources
 from api.metrics import REQUESTS
 from api.openapi import openapi_document
 from shared.errors import Unavailable
+from shared.supervision import read_report
 from shared.taxonomy import load_taxonomy
 
 
@@ -38,8 +39,6 @@ def init_app(app: Flask) -> None:
             checks["index"] = res.index.ready()
         except Unavailable as exc:
             checks["index"], ok = str(exc), False
-        from lookalike.supervisor import read_report
-
         # What `lookalike up` restarted (children and embedded servers); informational, not a readiness check.
         supervisor = read_report(res.settings.var_dir)
         body = {"status": "ready" if ok else "not_ready", "checks": checks,

@@ -27,7 +27,7 @@ from PIL import Image
 
 from bench.common import emit, percentiles, print_table
 from lookalike.catalogue import SAMPLE_CSV, read_catalog_csv
-from lookalike.supervisor import read_report
+from shared.supervision import read_report
 from shared.config import Settings, load_settings
 
 SECTIONS = ("hostile", "cost", "poison", "kill", "load", "recovery")

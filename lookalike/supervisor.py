@@ -21,10 +21,10 @@ import requests
 
 from lookalike.system import die_with_parent
 from shared.config import Settings, load_settings
+from shared.supervision import REPORT_FILE
 
 logger = logging.getLogger("lookalike")
 CHILD_STOP_TIMEOUT_S = 15
-REPORT_FILE = "supervisor.json"  # what `up` restarted, read by the API's /readyz
 
 
 @contextmanager
@@ -340,14 +340,6 @@ class Watchdog:
         except OSError as exc:
             logger.warning("could not write %s: %s", self.report_path, exc)
 
-
-def read_report(var_dir: Path) -> dict[str, Any] | None:
-    """The running supervisor's report (restarts per child and embedded server), or None when not under `up`."""
-    try:
-        report = json.loads((Path(var_dir) / REPORT_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return report if isinstance(report, dict) else None
 
 
 def cmd_down(args: argparse.Namespace) -> int:
