@@ -170,6 +170,14 @@ def main(argv: list[str] | None = None) -> int:
                                "queries": len(golden["queries"])}
         print(json.dumps(out) if args.json else f"wrote {out['file']}: {out['queries']} queries")
         return 0
+    from lookalike.supervisor import services_for
+
+    # The database of a running `lookalike up` (or LOOKALIKE_DATABASE_URL), as the other commands find it.
+    with services_for(settings, need_redis=False) as (resolved, _):
+        return _run(args, resolved)
+
+
+def _run(args: argparse.Namespace, settings) -> int:
     engine = _engine(settings)
     if args.action == "status":
         rows = generations(engine)

@@ -2,6 +2,7 @@
 clients with zero errors, and the seller-intent conflict flag from intake to the admin list."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -119,7 +120,8 @@ def _version_of(engine, generation: int) -> str:
         return s.get(IndexGeneration, generation).model_version
 
 
-def test_promote_refuses_a_generation_missing_listings(live_system, engine, real_generation):
+def test_promote_refuses_a_generation_missing_listings(live_system, engine, settings, real_generation, monkeypatch,
+                                                       capsys):
     real_id, _ = real_generation
     with session_scope(engine) as s:
         empty = queries.ensure_generation(session=s, model_version=f"test-empty-{uuid.uuid4().hex[:8]}").id
@@ -129,7 +131,14 @@ def test_promote_refuses_a_generation_missing_listings(live_system, engine, real
     rows = {g["id"]: g for g in models_cmd.generations(engine)}
     assert rows[empty]["status"] == "building" and rows[empty]["postings"] == 0
     assert rows[real_id]["status"] == "active" and rows[real_id]["params"]["colour_weight"] > 0
-    models_cmd._print_status(list(rows.values()))  # the `lookalike models status` table
+    # The command itself, on the test database: it cannot gate a generation of other networks than its own ...
+    monkeypatch.setenv("LOOKALIKE_DATABASE_URL", settings.database_url)
+    with pytest.raises(SystemExit, match="LOOKALIKE_MODELS_DIR"):
+        models_cmd.main(["promote", "--generation", str(empty), "--json"])
+    assert models_cmd.main(["status", "--json"]) == 0
+    assert {g["id"] for g in json.loads(capsys.readouterr().out)["generations"]} >= {real_id, empty}
+    assert models_cmd.main(["status"]) == 0
+    assert f"{empty:>4} building" in capsys.readouterr().out
     with session_scope(engine) as s:
         assert queries.active_generation(session=s).id == real_id
         s.get(IndexGeneration, empty).status = "retired"
