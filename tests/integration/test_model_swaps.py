@@ -186,6 +186,8 @@ def test_swap_under_8_searching_clients_has_no_errors(live_system, engine, real_
         stop.set()
         for t in threads:
             t.join()
+    print(f"swap under load: {sum(seen.values())} answers ({seen[True]} current, {seen[False]} kept previous), "
+          f"{len(errors)} errors")
     assert not errors, errors[:5]
     assert seen[True] > 0 and seen[False] > 0, seen  # answered both as the current and as the kept generation
 
