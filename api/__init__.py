@@ -18,10 +18,6 @@ def create_app(settings: Settings | None = None, *, preload_models: bool = False
     res = Resources(settings)
     app.extensions["lookalike"] = res
 
-    from workers.celery_app import configure
-
-    configure(settings)
-
     register_error_handlers(app)
     meta.init_app(app)
     app.register_blueprint(listings.bp)

@@ -12,6 +12,7 @@ from shared.db.models import AdminJob, Listing, ListingCategory
 from shared.db.session import session_scope
 from shared.errors import InvalidInput
 from shared.taxonomy import load_taxonomy
+from workers.publish import BROKER_ERRORS, REINDEX
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
@@ -48,10 +49,8 @@ def reindex():
         s.add(admin)
         s.flush()
         admin_id = admin.id
-    from workers.tasks import BROKER_ERRORS, PUBLISH_RETRY, reindex_task
-
     try:
-        reindex_task.apply_async((admin_id,), retry=True, retry_policy=PUBLISH_RETRY)
+        res.jobs.send(REINDEX, (admin_id,))
     except BROKER_ERRORS as exc:
         with session_scope(res.engine) as s:
             admin = s.get(AdminJob, admin_id)

@@ -13,7 +13,7 @@ from shared.db.session import session_scope
 from shared.fetch import check_url
 from shared.listings import ListingInput, accept_listing_retrying
 from shared.taxonomy import load_taxonomy
-from workers.tasks import enqueue_jobs
+from workers.publish import enqueue_jobs
 
 bp = Blueprint("listings", __name__, url_prefix="/v1/listings")
 
@@ -36,7 +36,7 @@ def create_or_update():
     result = accept_listing_retrying(engine=res.engine, settings=res.settings, data=data, image_bytes=image)
     listing_id, version, job_id, created = result.listing_id, result.version, result.job_id, result.created
     # Committed first, sent second: if the broker is down the job waits in Postgres for the reconciler.
-    queued = bool(job_id) and enqueue_jobs([job_id], engine=res.engine) == 1
+    queued = bool(job_id) and enqueue_jobs(res.jobs, [job_id], engine=res.engine) == 1
     payload = {"listing_id": listing_id, "version": version, "job_id": job_id, "created": created,
                "queued": queued, "status": "pending" if job_id else "unchanged"}
     if job_id and not queued:
@@ -54,7 +54,7 @@ def delete(listing_id: int):
         if listing.deleted_at is not None:
             return jsonify({"listing_id": listing_id, "status": "deleted", "job_id": None}), 200
         job_id = queries.delete_listing(session=s, listing=listing).id
-    queued = enqueue_jobs([job_id], engine=res.engine) == 1
+    queued = enqueue_jobs(res.jobs, [job_id], engine=res.engine) == 1
     return jsonify({"listing_id": listing_id, "status": "deleted", "job_id": job_id, "queued": queued}), 202
 
 

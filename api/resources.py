@@ -9,6 +9,7 @@ from flask import current_app
 from shared.config import Settings
 from shared.db.session import make_engine
 from shared.index.shards import index_client
+from workers.publish import JobPublisher
 
 
 class Resources:
@@ -19,6 +20,7 @@ class Resources:
         self.settings = settings
         self.engine = make_engine(settings)
         self.index = index_client(settings.resolved_index_urls)  # one daemon, or a scatter over shards
+        self.jobs = JobPublisher.for_settings(settings)  # sends work to the workers by task name
         self._models: Any = None
         self._lock = threading.Lock()
 

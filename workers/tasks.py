@@ -11,8 +11,6 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_ready
-from kombu.exceptions import OperationalError as KombuOperationalError
-from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -23,11 +21,11 @@ from shared.pipeline import Models
 from workers import events
 from workers.celery_app import app, app_settings
 from workers.processing import process_job
+from workers.publish import (BROKER_ERRORS, LISTING_EVENT, PROCESS_JOB, PUBLISH_RETRY, RECONCILE, REINDEX,
+                             JobPublisher)
+from workers.publish import enqueue_jobs as _enqueue_jobs
 
 logger = logging.getLogger(__name__)
-# Publishing gives up after about a second: the job is safe in Postgres and the reconciler re-sends it.
-PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.4, "interval_max": 0.5}
-BROKER_ERRORS = (KombuOperationalError, RedisError, OSError)
 
 
 class PipelineTask(Task):
@@ -49,7 +47,7 @@ class PipelineTask(Task):
         return PipelineTask._models
 
 
-@app.task(bind=True, base=PipelineTask, name="listing.process_job", max_retries=8)
+@app.task(bind=True, base=PipelineTask, name=PROCESS_JOB, max_retries=8)
 def process_job_task(self: PipelineTask, job_id: int) -> str:
     settings = app_settings()
     try:
@@ -66,7 +64,7 @@ def process_job_task(self: PipelineTask, job_id: int) -> str:
     return outcome.status
 
 
-@app.task(bind=True, base=PipelineTask, name="jobs.reconcile")
+@app.task(bind=True, base=PipelineTask, name=RECONCILE)
 def reconcile_task(self: PipelineTask) -> int:
     """Re-send jobs whose message may be lost (expired lease, or queued but never/long ago sent)."""
     settings = app_settings()
@@ -81,7 +79,7 @@ def reconcile_task(self: PipelineTask) -> int:
     return sent
 
 
-@app.task(bind=True, base=PipelineTask, name="listing.event", max_retries=8)
+@app.task(bind=True, base=PipelineTask, name=LISTING_EVENT, max_retries=8)
 def listing_event_task(self: PipelineTask, event: dict[str, Any]) -> str:
     """An upstream marketplace event (see workers/events.py for the schema)."""
     try:
@@ -93,7 +91,7 @@ def listing_event_task(self: PipelineTask, event: dict[str, Any]) -> str:
     return "queued" if job_id is not None else "unchanged"
 
 
-@app.task(bind=True, base=PipelineTask, name="admin.reindex")
+@app.task(bind=True, base=PipelineTask, name=REINDEX)
 def reindex_task(self: PipelineTask, admin_job_id: int) -> int:
     from workers import reindex
 
@@ -120,16 +118,5 @@ def _reconcile_ticker(interval: float) -> None:
 
 
 def enqueue_jobs(job_ids: list[int], *, engine: Engine) -> int:
-    """Send process_job messages and stamp enqueued_at. A broker failure leaves the jobs queued in
-    Postgres, where the reconciler finds them once the broker is back."""
-    sent: list[int] = []
-    try:
-        for job_id in job_ids:
-            process_job_task.apply_async((job_id,), retry=True, retry_policy=PUBLISH_RETRY)
-            sent.append(job_id)
-    except BROKER_ERRORS as exc:
-        logger.warning("broker unavailable, %d job(s) stay queued in Postgres: %s", len(job_ids) - len(sent), exc)
-    if sent:
-        with session_scope(engine) as s:
-            queries.mark_enqueued(session=s, job_ids=sent)
-    return len(sent)
+    """workers.publish.enqueue_jobs on the worker's own (configured) Celery app."""
+    return _enqueue_jobs(JobPublisher(app), job_ids, engine=engine)
