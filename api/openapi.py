@@ -105,6 +105,8 @@ def openapi_document() -> dict[str, Any]:
                         "index": {"type": "integer"}, "category": {"type": "string"}, "name": {"type": "string"},
                         "box": {"type": "array", "items": {"type": "number"}, "description": "x0, y0, x1, y1 px"},
                         "score": {"type": "number", "description": "detector score of the item's box"},
+                        "classes": {"type": "object", "description": "category key -> best detector score of the "
+                                    "boxes merged into this item (its class evidence)"},
                         "probability": {"type": "number", "description": "how likely the photo is about this "
                                                                          "item (sums to 1 over items)"},
                         "chosen": {"type": "boolean", "description": "this item's region was searched"},

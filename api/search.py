@@ -33,6 +33,10 @@ from shared.taxonomy import load_taxonomy
 bp = Blueprint("search", __name__, url_prefix="/v1")
 MAX_K = 100
 MAX_OFFSET = 1000
+# Appearance distance (share of code bits) under which a listing of any category counts as the same photo: exact
+# copies measure 0-0.08 on the sample catalogue, the nearest OTHER listing 0.18 or more (measured on every 6th
+# sample listing while choosing it).
+NEAR_DUPLICATE = 0.1
 MAX_ITEMS = 8  # shared.vision.items.ItemRanker.max_items: an item index above it cannot exist
 
 
@@ -133,9 +137,11 @@ def search():
 def _search(res, analysis: Analysis, *, k: int, offset: int):
     """The index's answer for one analysed region: its category, or the few likely ones merged exactly."""
     cats = [c for c, _ in analysis.searched] or [analysis.category_id]
+    # Option 1 (and 3 without a category) also finds a listing's own photo filed under another category.
+    near = NEAR_DUPLICATE if analysis.category_source not in ("shopper", "seller", "text") else 0.0
     return res.index.search_categories(code=analysis.code, colour=analysis.colour, category_ids=cats,
                                        attribute_ids=[a.attribute_id for a in analysis.attributes], k=k,
-                                       offset=offset)
+                                       offset=offset, near_duplicate=near, probes=analysis.duplicate_probes)
 
 
 def _items_json(work: Analysis, image, tax) -> list[dict]:
@@ -146,6 +152,8 @@ def _items_json(work: Analysis, image, tax) -> list[dict]:
         key = tax.category(it.category_id).key
         out.append({"index": i, "category": key, "name": tax.category(it.category_id).name, "box": box,
                     "score": round(it.score, 4), "probability": round(it.probability, 4),
+                    "classes": {tax.category(c).key: round(v, 4) for c, v in sorted(it.class_scores.items(),
+                                                                                   key=lambda kv: -kv[1])},
                     "chosen": i == work.item_index,
                     "search": {"item": i, "rect": ",".join(f"{v:g}" for v in box), "category": key}})
     return out

@@ -61,6 +61,9 @@ class Analysis:
     item_index: int | None = None  # the item whose box is the ROI (None: a shopper rectangle or guided box off-item)
     searched: list[tuple[int, float]] = field(default_factory=list)  # (category id, weight): categories to search
     detections: list[Any] = field(default_factory=list)  # every raw detection (Roi), to re-analyse another item
+    # (code, colour) of the other boxes ingestion could have indexed this photo under (one per category's guided
+    # choice): probes for the listing whose own photo this is, whatever category its seller filed it under.
+    duplicate_probes: list[tuple[bytes, np.ndarray]] = field(default_factory=list)
     conflict: dict[str, Any] | None = None  # shared.conflicts: the seller's category vs the photo's main item
 
     def roi_rows(self) -> list[dict[str, Any]]:
@@ -166,6 +169,9 @@ MAX_SEARCHED = 3
 MIN_SEARCH_EVIDENCE = 0.2
 # A shopper rectangle or a guided box is "that item" when it overlaps the item's box this much.
 SAME_ITEM_IOU = 0.5
+# Listing-style boxes overlapping the searched box (or each other) more than this give the same code: no probe.
+DUPLICATE_PROBE_IOU = 0.95
+MAX_PROBES = 3
 
 
 def item_category(tax: Taxonomy, item: Item | None, image_category: int, image_prob: float
@@ -266,16 +272,37 @@ def analyze(models: Models, image: Image.Image, *, title: str = "", description:
                                                                     float(pred.category_prob))
         if category_id != pred.category_id:  # the detector overruled the crop's reading: attributes of its class
             pred = analyze_images(models.attributes, [region], category_id=category_id, strides=())[0][0]
+        if item_index is not None and rect is None:
+            # Box the item the way ingestion boxes a listing of that category (guided choice on the same
+            # detections), so a listing's own photo gets the very code it was indexed with; only when that box
+            # is still this item (a guided box elsewhere in the photo would contradict the chosen region).
+            guided = choose_roi(strong, width=image.width, height=image.height, category_id=category_id, tax=tax)
+            if box_iou(np.array([guided.chosen.xyxy]), np.array([roi]))[0, 0] >= SAME_ITEM_IOU:
+                roi, fallback = tuple(guided.chosen.xyxy), guided.fallback
     attributes = [AttributeOut(a.attribute_id, a.key, float(a.prob)) for a in pred.attributes]
     timings["attributes"] = (time.perf_counter() - t) * 1000
 
     t = time.perf_counter()
-    feats = extract_features(models.features, [image], [roi])
+    probe_rois: list[tuple[float, float, float, float]] = []
+    if cat_source in ("detector", "detector+image", "image") and rect is None:
+        # The distinct boxes a listing of any category would have been indexed under, strongest first (the
+        # whole photo last); a few probes, since each costs one more crop through the feature network.
+        chosen = {tuple(choose_roi(strong, width=image.width, height=image.height, category_id=c.id,
+                                   tax=tax).chosen.xyxy): 0.0 for c in tax.categories}
+        for r in strong:
+            if r.xyxy in chosen:
+                chosen[r.xyxy] = max(chosen[r.xyxy], r.score)
+        for box in sorted(chosen, key=lambda b: -chosen[b]):
+            if len(probe_rois) < MAX_PROBES and box_iou(np.array([box]), np.array([roi] + probe_rois)).max() < DUPLICATE_PROBE_IOU:
+                probe_rois.append(box)
+    feats = extract_features(models.features, [image] * (1 + len(probe_rois)), [roi] + probe_rois)
     colour = feats.colours[0].astype(np.float32)
+    probes = [(feats.codes[i].tobytes(), feats.colours[i].astype(np.float32)) for i in range(1, len(feats.codes))]
     timings["features"] = (time.perf_counter() - t) * 1000
 
     return Analysis(category_id=category_id, category_key=tax.category(category_id).key,
                     category_source=cat_source, category_confidence=cat_conf, attributes=attributes,
                     roi=roi, roi_fallback=fallback, boxes=boxes, code=feats.codes[0].tobytes(), colour=colour,
                     colour_quantized=quantize_colours(colour[None, :])[0].tobytes(), timings_ms=timings,
-                    items=items, item_index=item_index, searched=searched, detections=rois, conflict=conflict)
+                    items=items, item_index=item_index, searched=searched, detections=rois, conflict=conflict,
+                    duplicate_probes=probes)

@@ -78,18 +78,25 @@ class IndexClient:
 
     def search_categories(self, *, code: bytes, colour: np.ndarray, category_ids: list[int],
                           attribute_ids: list[int], k: int, offset: int,
-                          refine: dict[str, Any] | None = None, model_version: str | None = None) -> SearchReply:
+                          refine: dict[str, Any] | None = None, model_version: str | None = None,
+                          near_duplicate: float = 0.0,
+                          probes: list[tuple[bytes, np.ndarray]] | None = None) -> SearchReply:
         """Hits [offset, offset + k) of several categories ranked together. Exact: a listing's score does not depend
         on the category scanned, so each category's top (offset + k) is fetched and merged by (score, listing id),
-        the daemon's own order. A refined search (edits, facets) scans the first category only: its counts and
-        required attributes are per category."""
-        if len(category_ids) == 1 or refine:
+        the daemon's own order. near_duplicate > 0 also merges in listings of ANY category whose appearance distance
+        is at most that (a near-identical photo is the same product whatever category its listing was filed under);
+        `probes` (code, colour) look for such near-duplicates with other boxes of the same photo, ranked by their
+        own distance.
+        A refined search (edits, facets) scans the first category only: its counts and required attributes are per
+        category."""
+        if refine or (len(category_ids) == 1 and near_duplicate <= 0):
             return self.search(code=code, colour=colour, category_id=category_ids[0], attribute_ids=attribute_ids,
                                k=k, offset=offset, refine=refine, model_version=model_version)
         depth = offset + k
         for _ in range(3):  # a generation swap between the per-category calls: ask again, never mix generations
             hits, replies = self._merge_parts(code=code, colour=colour, category_ids=category_ids,
-                                              attribute_ids=attribute_ids, depth=depth, model_version=model_version)
+                                              attribute_ids=attribute_ids, depth=depth, model_version=model_version,
+                                              near_duplicate=near_duplicate, probes=probes or [])
             if len({(r.generation, r.model_version) for r in replies}) == 1:
                 break
         else:
@@ -101,10 +108,17 @@ class IndexClient:
                            model_version=replies[-1].model_version)
 
     def _merge_parts(self, *, code: bytes, colour: np.ndarray, category_ids: list[int], attribute_ids: list[int],
-                     depth: int, model_version: str | None) -> tuple[list[Hit], list[SearchReply]]:
+                     depth: int, model_version: str | None, near_duplicate: float = 0.0,
+                     probes: list[tuple[bytes, np.ndarray]] = ()) -> tuple[list[Hit], list[SearchReply]]:
         """Every category's top `depth` hits merged by (score, listing id), with the replies they came from."""
         hits: list[Hit] = []
         replies = []
+        for pcode, pcolour in ([(code, colour)] + list(probes)) if near_duplicate > 0 else []:
+            # every category at once, kept only where near-identical
+            r = self.search(code=pcode, colour=pcolour, category_id=None, attribute_ids=attribute_ids,
+                            k=min(1000, depth), offset=0, model_version=model_version)
+            replies.append(r)
+            hits += [h for h in r.hits if h.appearance_distance <= near_duplicate]
         for c in dict.fromkeys(category_ids):  # unique, order kept
             got = 0
             while got < depth:  # the daemon answers at most 1000 hits per call
@@ -115,6 +129,11 @@ class IndexClient:
                 got += len(r.hits)
                 if len(r.hits) < min(1000, depth - got + len(r.hits)):
                     break
+        best: dict[int, Hit] = {}
+        for h in hits:  # a near-duplicate may be in a searched category too: keep its best score
+            if h.listing_id not in best or h.score < best[h.listing_id].score:
+                best[h.listing_id] = h
+        hits = list(best.values())
         hits.sort(key=lambda h: (h.score, h.listing_id))
         return hits, replies
 

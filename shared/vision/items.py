@@ -133,7 +133,7 @@ class ItemRanker:
         return ((feats - self.mean) / self.std) @ self.weights
 
     def rank(self, rois: Sequence[Roi], width: int, height: int) -> list[Item]:
-        """Merged items, most likely first, each with its probability (they sum to 1 over the photo's items)."""
+        """Merged items, most likely first, each with its probability (they sum to 1 over the listed items)."""
         items = merge_items(rois, merge_iou=self.merge_iou, min_score=self.min_score)
         if not items:
             return []
@@ -142,8 +142,9 @@ class ItemRanker:
         p /= p.sum()
         order = [i for k, i in enumerate(np.argsort(-p, kind="stable"))
                  if k == 0 or items[i].score >= self.show_score][: self.max_items]
+        shown = float(p[order].sum())  # renormalised over the listed items: the shopper chooses among those
         return [Item(xyxy=items[i].xyxy, category_id=items[i].category_id, score=items[i].score,
-                     class_scores=dict(items[i].class_scores), probability=float(p[i])) for i in order]
+                     class_scores=dict(items[i].class_scores), probability=float(p[i]) / shown) for i in order]
 
     def to_json(self) -> dict[str, Any]:
         return {"version": self.version, "features": list(FEATURES_NUMERIC) + [f"class_{c}" for c in range(N_CATEGORIES)],

@@ -314,14 +314,16 @@ def test_storefront_shows_every_item_and_searches_the_one_clicked(live_system, p
     picked = info.value.json()
     page.wait_for_function("document.getElementById('app').dataset.state !== 'loading'")
     assert picked["query"]["item"] == 1 and picked["items"][1]["chosen"]
-    assert picked["query"]["roi"]["box"] == other["box"]
+    from shared.vision.items import box_iou
+
+    assert box_iou([picked["query"]["roi"]["box"]], [other["box"]])[0, 0] >= 0.5  # that item's region
     _expect_results_match(page, picked)
     expect(page.get_by_test_id("item-box").nth(1)).to_have_class("overlay item-box chosen")
     # The "what we saw" panel follows the item: its region, and a category that agrees with the item's box.
     expect(page.get_by_test_id("query-roi")).not_to_have_text(before_roi)
     expect(page.get_by_test_id("query-category")).to_have_attribute("data-key", picked["query"]["category"]["key"])
     cat, item_cat = tax.category(picked["query"]["category"]["key"]), tax.category(other["category"])
-    assert cat.id == item_cat.id or (cat.group == item_cat.group and cat.group in GARMENT_GROUPS)
+    assert cat.key in other["classes"] or (cat.group == item_cat.group and cat.group in GARMENT_GROUPS)
     expect(page.get_by_test_id("query-searched")).to_have_attribute(
         "data-categories", ",".join(picked["query"]["category"]["searched"]))
     assert _card_ids(page) != before_cards or picked["query"]["category"] != body["query"]["category"]
