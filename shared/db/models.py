@@ -58,10 +58,12 @@ class Listing(TimestampMixin, Base):
 
 
 class ListingCategory(Base):
-    """The category the pipeline settled on, and where it came from (text, image or seller)."""
+    """The category the pipeline settled on, and where it came from: the seller's choice, the text, or the photo
+    (`image`: the attribute network; `detector`; `detector+image`: both agreeing, see shared.pipeline)."""
 
     __tablename__ = "listing_categories"
-    __table_args__ = (CheckConstraint("source IN ('text', 'image', 'seller')", name="source"),
+    __table_args__ = (CheckConstraint("source IN ('text', 'image', 'seller', 'detector', 'detector+image')",
+                                      name="source"),
                       Index("ix_listing_categories_conflict", "listing_id", postgresql_where=text("category_conflict")))
     listing_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("listings.id", ondelete="CASCADE"), primary_key=True)
     taxonomy_version: Mapped[str] = mapped_column(Text, primary_key=True)

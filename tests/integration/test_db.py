@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from lookalike.db_admin import alembic_config, downgrade, upgrade
 from shared.db import queries
-from shared.db.models import Base, Change, Job, Listing
+from shared.db.models import Base, Change, Job, Listing, ListingCategory
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +56,27 @@ def test_external_id_unique_per_seller(db_session):
     db_session.add(Listing(seller_id="s2", external_id="x", title="b"))  # another seller: fine
     db_session.flush()
     db_session.add(Listing(seller_id="s1", external_id="x", title="c"))
+    with pytest.raises(IntegrityError):
+        db_session.flush()
+
+
+@pytest.mark.parametrize("source", ["text", "image", "seller", "detector", "detector+image"])
+def test_every_category_source_the_pipeline_writes_is_accepted(db_session, source):
+    # Regression: the shop-the-look rule names 'detector' / 'detector+image' sources; the column refused them.
+    listing = Listing(seller_id="src", external_id=source, title="")
+    db_session.add(listing)
+    db_session.flush()
+    db_session.add(ListingCategory(listing_id=listing.id, taxonomy_version="t", category_id=1, source=source,
+                                   confidence=0.5))
+    db_session.flush()
+
+
+def test_unknown_category_source_is_refused(db_session):
+    listing = Listing(seller_id="src", external_id="bad", title="")
+    db_session.add(listing)
+    db_session.flush()
+    db_session.add(ListingCategory(listing_id=listing.id, taxonomy_version="t", category_id=1, source="guess",
+                                   confidence=0.5))
     with pytest.raises(IntegrityError):
         db_session.flush()
 
