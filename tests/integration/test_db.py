@@ -67,7 +67,7 @@ def test_every_category_source_the_pipeline_writes_is_accepted(db_session, sourc
     db_session.add(listing)
     db_session.flush()
     db_session.add(ListingCategory(listing_id=listing.id, taxonomy_version="t", category_id=1, source=source,
-                                   confidence=0.5))
+                                   listing_version=1, confidence=0.5))
     db_session.flush()
 
 
@@ -76,7 +76,7 @@ def test_unknown_category_source_is_refused(db_session):
     db_session.add(listing)
     db_session.flush()
     db_session.add(ListingCategory(listing_id=listing.id, taxonomy_version="t", category_id=1, source="guess",
-                                   confidence=0.5))
+                                   listing_version=1, confidence=0.5))
     with pytest.raises(IntegrityError):
         db_session.flush()
 
