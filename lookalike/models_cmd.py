@@ -230,3 +230,61 @@ def _run(args: argparse.Namespace, settings) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def catch_up_with_checkpoints(settings, *, stop=lambda: False, poll_s: float = 1.0) -> dict[str, Any] | None:
+    """`lookalike up` after the checkpoints changed (a pull, a retrain): the active generation was built with other
+    networks, so the API (running the new ones) could not search it. Re-index every listing into the generation of the
+    current checkpoints, evaluate it on the golden set and activate it. The gate's verdict is printed; on a local
+    `up` the new generation is activated even when the gate objects, because the old one cannot answer the new
+    networks' queries at all (`lookalike models rollback` plus the old checkpoints returns to it).
+    Returns the promotion report, or None when the index is already current."""
+    import time
+
+    from shared.checkpoints import model_version_key, network_versions
+    from shared.db import queries
+    from shared.db.models import AdminJob
+    from shared.db.session import session_scope
+    from shared.pipeline import Models
+    from workers.publish import REINDEX, JobPublisher
+
+    engine = _engine(settings)
+    try:
+        current = model_version_key(network_versions(settings.models_dir))
+        with session_scope(engine) as s:
+            active = queries.active_generation(session=s)
+            if active is None or active.model_version == current:
+                return None
+            print(f"the index was built with other networks ({active.model_version});\nre-indexing every listing "
+                  f"with the current checkpoints ({current}) ...", flush=True)
+            admin = AdminJob(kind="reindex", params={}, status="running")
+            s.add(admin)
+            s.flush()
+            admin_id = admin.id
+        JobPublisher.for_settings(settings).send(REINDEX, (admin_id,))
+        while not stop():
+            with session_scope(engine) as s:
+                admin = s.get(AdminJob, admin_id)
+                status, progress = admin.status, queries.admin_job_progress(session=s, admin_job=admin)
+            if status != "running":
+                break
+            time.sleep(poll_s)
+        if stop():
+            return None
+        print(f"re-indexed: {progress}", flush=True)
+        with session_scope(engine) as s:
+            candidate = s.get(AdminJob, admin_id).generation_id
+        try:
+            report = promote(engine, Models.load(settings), generation_id=candidate, tolerance=DEFAULT_TOLERANCE)
+            objection = None if report["promoted"] else (report["gate"].get("reason") or report["gate"])
+        except SystemExit as exc:  # the golden set could not be evaluated (e.g. too few sample listings)
+            report, objection = {"candidate": candidate}, str(exc)
+        if objection is not None:
+            print(f"golden-set gate: {objection}; activating anyway (the old generation cannot answer the new "
+                  "networks)", flush=True)
+            report = {**report, **promote(engine, None, generation_id=candidate, tolerance=DEFAULT_TOLERANCE,
+                                          force=True), "gate_objection": objection}
+        print(f"generation {report['candidate']} is active (golden figures: {report.get('figures')})", flush=True)
+        return report
+    finally:
+        engine.dispose()

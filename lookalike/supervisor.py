@@ -241,6 +241,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 _wait_http(f"{url}/healthz", timeout_s=120, what=child.name, child=child)
             _wait_http(f"{api_url}/healthz", timeout_s=180, what="API", child=api)
             print(f"worker, index daemon and API started (logs in {log_dir})", flush=True)
+            from lookalike.models_cmd import catch_up_with_checkpoints
+
+            catch_up_with_checkpoints(settings, stop=lambda: bool(stop_requested))
             if not args.no_ingest:
                 from lookalike.catalogue import ingest_catalogue, rows_for
 

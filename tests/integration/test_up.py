@@ -2,11 +2,14 @@
 indexes the sample catalogue, serves the storefront, stops cleanly and reuses its state next time."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -77,6 +80,26 @@ def test_up_indexes_serves_stops_and_reuses_state(server_tmp_path):
         url = out.rsplit("Search at:", 1)[1].split()[0]
         ready = requests.get(f"{url.rstrip('/')}/readyz", timeout=10).json()
         assert ready["checks"]["index"]["items"] == 12
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert _leftovers(var_dir) == []
+    # Third run after a checkpoint changed (a pull, a retrain): `up` re-indexes into the new networks' generation
+    # and activates it, so searches (encoded by the new networks) work again.
+    models = server_tmp_path / "models"
+    shutil.copytree(Path(env.get("LOOKALIKE_MODELS_DIR") or REPO_ROOT / "models"), models)
+    manifest = models / "text_category" / "manifest.json"
+    meta = json.loads(manifest.read_text())
+    meta["version"] = f"{meta['version']}-retrained"
+    manifest.write_text(json.dumps(meta))
+    proc, out, _ = _run_up({**env, "LOOKALIKE_MODELS_DIR": str(models)}, limit=12)
+    try:
+        assert "re-indexing every listing" in out and "is active" in out, out[-3000:]
+        url = out.rsplit("Search at:", 1)[1].split()[0].rstrip("/")
+        photo = (REPO_ROOT / "sample" / "images").glob("*.jpg").__next__().read_bytes()
+        r = requests.post(f"{url}/v1/search", files={"image": ("q.jpg", photo)}, timeout=60)
+        assert r.status_code == 200 and r.json()["index"]["items"] == 12, r.text[:500]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.communicate(timeout=120)
