@@ -123,8 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    # `up` keeps the terminal to its own progress lines (and warnings); everything logged goes to var/logs/up.log.
+    console = logging.StreamHandler(sys.stderr)
+    if args.command == "up" and not args.verbose:
+        console.setLevel(logging.WARNING)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[console])
     try:
         if getattr(args, "delegate", None):
             return _delegate(args.delegate, rest)

@@ -214,6 +214,11 @@ def _wait_http(url: str, *, timeout_s: float, what: str, child: Child) -> dict:
 
 def cmd_up(args: argparse.Namespace) -> int:
     base = load_settings()
+    log_file = Path(base.var_dir) / "logs" / "up.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(log_file)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(file_handler)
     stop_requested = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(1))
     with services_for(base) as (settings, services):
