@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from index_daemon import loader
 from index_daemon.holder import SnapshotHolder
+from index_daemon.merging import BackgroundMerger
 from shared.index.postings import IndexSnapshot
 from shared.index.refine import prepare as prepare_facets
 from shared.index.shards import Shard
@@ -33,6 +34,7 @@ class Reloader:
     def __init__(self, engine: Engine, holder: SnapshotHolder, *, poll_s: float, shard: Shard | None = None) -> None:
         self.engine, self.holder, self.poll_s = engine, holder, poll_s
         self.shard = shard  # a shard daemon holds only its own listings (shared.index.shards)
+        self.merger = BackgroundMerger()  # merges run beside the serving snapshot, not in this loop
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="reloader", daemon=True)
 
@@ -50,6 +52,7 @@ class Reloader:
                            "serving it with the daemon's fallback colour weight", gen)
         if self.holder.state.generation is not None and self.holder.state.generation != gen:
             self.holder.keep_previous()
+        self.merger = BackgroundMerger()  # a merge of the replaced snapshot is dropped
         elapsed = time.perf_counter() - t0
         self.holder.swap(snap, status="ready", generation=gen, model_version=model_version, last_seq=last_seq,
                          loaded_at=time.time(), load_seconds=elapsed, error=None, networks=networks, params=params)
@@ -67,6 +70,10 @@ class Reloader:
             batch = dataclasses.replace(batch, upserted=self.shard.owned(batch.upserted),
                                         deleted=self.shard.owned(batch.deleted))
         if not batch.upserted and not batch.deleted:
+            merged = self.merger.finish()  # a merge built meanwhile (changes since replayed on it)
+            if merged is not None:
+                prepare_facets(merged)
+                self.holder.swap(merged, last_seq=batch.last_seq)
             st.last_seq = batch.last_seq
             return 0
         if isinstance(self.holder.current(), EmptySnapshot):
@@ -79,8 +86,9 @@ class Reloader:
         found = set() if items is None else set(items.ids.tolist())
         missing = sorted(set(batch.upserted) - found)
         deletes = np.asarray(batch.deleted + missing, dtype=np.int64)
-        snap = current.apply(items if items is not None and len(items) else None, deletes, sequence=batch.last_seq)
-        prepare_facets(snap)  # the small delta (and, after a merge, the new base)
+        snap = self.merger.apply(current, items if items is not None and len(items) else None, deletes,
+                                 sequence=batch.last_seq)
+        prepare_facets(snap)  # the small delta (a merged base was prepared on the merge thread)
         self.holder.swap(snap, last_seq=batch.last_seq)
         return len(batch.upserted) + len(batch.deleted)
 
