@@ -226,7 +226,8 @@ def sequence_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
 class DecodeRules:
     """The vocabulary masks of constrained decoding, as tensors, for one taxonomy."""
 
-    def __init__(self, tax: Taxonomy, max_per_group: dict[str, int] | None = None) -> None:
+    def __init__(self, tax: Taxonomy, max_per_group: dict[str, int] | None = None,
+                 require: Sequence[str] = ()) -> None:
         limits = dict(MAX_PER_GROUP if max_per_group is None else max_per_group)
         self.tax = tax
         self.n_cat = len(tax.categories)
@@ -244,6 +245,12 @@ class DecodeRules:
             for c in a.applies_to:
                 applies[c, a.id] = True
         self.applies = applies
+        # Required groups (e.g. colour for the storefront): where one applies to the category, EOS and every
+        # attribute ranked after the group are masked until a value of it is emitted. Canonical order means "no
+        # value yet" is exactly "last rank below the group's first rank", so no extra state is needed.
+        self.require = tuple(require)
+        self.req = [(self.rank[self.group == groups.index(g)].min(), self.rank[self.group == groups.index(g)].max(),
+                     applies[:, self.group == groups.index(g)].any(1)) for g in self.require]
 
     def allowed(self, cat: torch.Tensor, last_rank: torch.Tensor, last_group: torch.Tensor,
                 count: torch.Tensor) -> torch.Tensor:
@@ -257,8 +264,13 @@ class DecodeRules:
             c = cat[later]
             ok = self.applies[c] & (self.rank[None, :] > last_rank[later, None])
             full = (self.group[None, :] == last_group[later, None]) & (count[later, None] >= self.max_count[self.group][None, :])
+            eos = torch.ones(len(c), dtype=torch.bool)
+            for lo, hi, has in self.req:
+                missing = has[c] & (last_rank[later] < lo)
+                ok &= ~(missing[:, None] & (self.rank[None, :] > hi))
+                eos &= ~missing
             mask[later, self.attr0:] = ok & ~full
-            mask[later, EOS] = True
+            mask[later, EOS] = eos
         return mask
 
     def advance(self, tok: torch.Tensor, cat: torch.Tensor, last_rank: torch.Tensor, last_group: torch.Tensor,
@@ -365,15 +377,16 @@ def decode(net: AttributeNet, ctx: torch.Tensor, rules: DecodeRules, *, beam: in
     return out
 
 
-_RULES: dict[tuple[str, tuple[tuple[str, int], ...]], DecodeRules] = {}
+_RULES: dict[tuple, DecodeRules] = {}
 
 
-def decode_rules(tax: Taxonomy, max_per_group: dict[str, int] | None = None) -> DecodeRules:
+def decode_rules(tax: Taxonomy, max_per_group: dict[str, int] | None = None,
+                 require: Sequence[str] = ()) -> DecodeRules:
     """DecodeRules for a taxonomy, memoised (building the masks costs about a millisecond per call otherwise)."""
     limits = dict(MAX_PER_GROUP if max_per_group is None else max_per_group)
-    key = (tax.version, tuple(sorted(limits.items())))
+    key = (tax.version, tuple(sorted(limits.items())), tuple(require))
     if key not in _RULES:
-        _RULES[key] = DecodeRules(tax, limits)
+        _RULES[key] = DecodeRules(tax, limits, require)
     return _RULES[key]
 
 
@@ -427,9 +440,10 @@ def analyze_images(loaded, images: Sequence[Image.Image], *, category_id: int | 
     net: AttributeNet = loaded.net
     net.eval()
     tax = load_taxonomy()
+    arch = (getattr(loaded, "meta", None) or {}).get("architecture", {})
     if max_per_group is None:
-        max_per_group = (getattr(loaded, "meta", None) or {}).get("architecture", {}).get("max_per_group")
-    rules = decode_rules(tax, max_per_group)
+        max_per_group = arch.get("max_per_group")
+    rules = decode_rules(tax, max_per_group, arch.get("require_groups", ()))
     cats = _categories(category_id, len(images))
     dev = _device(net)
     preds: list[AttributePrediction] = []

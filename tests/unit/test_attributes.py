@@ -257,7 +257,7 @@ def test_colour_branch_feeds_the_context_and_survives_a_checkpoint(tmp_path: Pat
         with pytest.raises(ValueError):
             net.context(emb)
     export_checkpoint(net, tmp_path / "ck", {
-        "taxonomy_version": TAX.version, "preprocessing": {"input_size": 64},
+        "version": "test-colour", "taxonomy_version": TAX.version, "preprocessing": {"input_size": 64},
         "architecture": {"encoder": "resception_small", "embed_dim": 16, "hidden": 32, "layers": 2,
                          "colour_bins": COLOUR_BINS}})
     loaded = load_attribute_network(tmp_path / "ck")
@@ -351,3 +351,26 @@ def test_shipped_checkpoint_recognizes_real_test_images(shipped: LoadedNetwork) 
     for stride, m in enc.maps.items():
         assert m.shape == (2, shipped.net.encoder.map_channels[stride], size // stride, size // stride)
         assert m.flags["C_CONTIGUOUS"] and m.dtype == np.float32
+
+
+def test_required_group_is_named_before_the_sequence_ends() -> None:
+    rules = DecodeRules(TAX, None, ("colour",))
+    neg = torch.tensor([-1])
+    shirt = torch.tensor([TAX.category("shirt").id])
+    m = rules.allowed(shirt, neg, neg, torch.tensor([0]))[0]
+    groups = {TAX.attributes[i].group for i in range(rules.n_attr) if m[rules.attr0 + i]}
+    assert not m[EOS] and groups == {"gender", "colour"}  # no EOS, nothing ranked after colour, until a colour
+    blue = TAX.attribute("colour.blue").id
+    after = rules.allowed(*rules.advance(torch.tensor([rules.attr0 + blue]), shirt, neg, neg, torch.tensor([0])))[0]
+    assert after[EOS] and after[rules.attr0 + TAX.attribute("pattern.striped").id]
+    # greedy decoding of a network that wants to stop at once still names a colour
+    torch.manual_seed(0)
+    net = build_attribute_net(encoder="resception_small", embed_dim=16, hidden=32).eval()
+    with torch.no_grad():
+        net.out[1].bias[EOS] = 50.0
+        ctx = torch.randn(3, 16)
+        free = decode(net, ctx, DecodeRules(TAX), categories=[shirt.item()] * 3)
+        forced = decode(net, ctx, rules, categories=[shirt.item()] * 3)
+    assert all(attrs == [] for _, _, attrs in free)
+    for _, _, attrs in forced:  # a gender may come first (it ranks before colour); the sequence ends at the colour
+        assert [TAX.attributes[a].group for a, _ in attrs][-1:] == ["colour"], attrs

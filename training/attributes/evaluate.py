@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-images", type=int, default=30, help="images timed one by one with 1 thread (0 = skip)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for the accuracy pass (0 = default)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
+    p.add_argument("--require", default=None, metavar="GROUPS",
+                   help="comma-separated groups every sequence must name where they apply (e.g. colour; '' = none); "
+                        "default: the checkpoint's architecture.require_groups")
     p.add_argument("--examples", type=int, default=0,
                    help="also predict this many Colorful Fashion crops of the last split (ids + tokens, for the card)")
     return p
@@ -60,7 +63,8 @@ def evaluate_split(loaded, samples: list[D.Sample], *, beam: int, batch_size: in
     """Automatic and guided metrics plus teacher-forced NLL for one split."""
     net = loaded.net
     tax = load_taxonomy()
-    rules = decode_rules(tax, loaded.meta.get("architecture", {}).get("max_per_group"))
+    arch = loaded.meta.get("architecture", {})
+    rules = decode_rules(tax, arch.get("max_per_group"), arch.get("require_groups", ()))
     dev = next(net.parameters()).device
     auto, guided = SetMetrics(tax), SetMetrics(tax)
     by_dataset: dict[str, SetMetrics] = {}
@@ -197,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     data_dir = args.data or load_settings().data_dir
     loaded = load_attribute_network(args.checkpoint, device=device)
+    if args.require is not None:  # decode-rule override: the manifest's architecture.require_groups otherwise
+        loaded.meta.setdefault("architecture", {})["require_groups"] = [g for g in args.require.split(",") if g]
     splits = SPLITS if args.split == "all" else (args.split,)
     result: dict[str, Any] = {"checkpoint": str(args.checkpoint or "models/attributes"),
+                              "require_groups": list(loaded.meta.get("architecture", {}).get("require_groups", [])),
                               "encoder": loaded.meta["architecture"]["encoder"], "beam": args.beam,
                               "data": str(data_dir), "splits": {}}
     for split in splits:

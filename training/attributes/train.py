@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the epoch-invariant caches live")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--promote", type=Path, default=None, help="copy the best checkpoint to this folder at the end")
+    p.add_argument("--version", default=None,
+                   help="the checkpoint's version string (default attributes-NAME-YYYY.MM.DD of the training start)")
     return p
 
 
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = sorted({n.split(".")[0] if not n.startswith("encoder.") else ".".join(n.split(".")[:3])
                       for n, p in net.named_parameters() if p.requires_grad})
     manifest_base = {
+        "version": args.version or f"attributes-{name}-{time.strftime('%Y.%m.%d', time.gmtime())}",
         "name": "attributes",
         "architecture": {"encoder": args.encoder, "embed_dim": args.embed_dim, "hidden": args.hidden,
                          "layers": args.layers, "dropout": args.dropout, "max_steps": 16,
