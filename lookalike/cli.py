@@ -34,6 +34,7 @@ DELEGATED: dict[str, dict[str, tuple[str, str]]] = {
         "ingest": ("bench.ingest", "listings/s per worker and POST-to-commit latency"),
         "search": ("bench.search", "end-to-end search latency, daemon load time and RAM"),
         "shards": ("bench.shards", "one index in N shards vs one snapshot: search time, exact merge"),
+        "merge": ("bench.merge", "freshness while the delta is merged: inline vs beside the change loop"),
     },
     "data": {
         "report": ("training.data_report", "label coverage of a data folder"),
