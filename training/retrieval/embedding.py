@@ -68,6 +68,9 @@ class EmbeddingNet(nn.Module):
         proj = torch.empty(d, n_bits)
         nn.init.orthogonal_(proj)
         self.projection = nn.Parameter(proj * gain)  # gain: start in tanh's useful range (|descriptor| = 2)
+        # tanh(beta * x), beta annealed upwards (HashNet-style) so the float embedding approaches its sign;
+        # folded into the projection at export.
+        self.beta = 1.0
         for name, p in encoder.named_parameters():
             p.requires_grad = not self._in_frozen_prefix(name)
 
@@ -104,7 +107,7 @@ class EmbeddingNet(nn.Module):
 
     def forward(self, x: torch.Tensor, cells: dict[int, torch.Tensor]) -> torch.Tensor:
         """tanh embedding (n, n_bits); the code is its sign."""
-        return torch.tanh((self.descriptor(x, cells) - self.mean) @ self.projection)
+        return torch.tanh(self.beta * ((self.descriptor(x, cells) - self.mean) @ self.projection))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,6 +255,13 @@ def run_probe(net: EmbeddingNet, probe: Probe) -> dict[str, float]:
 # training loop
 
 
+def beta_at(frac: float, beta_final: float, start: float) -> float:
+    """tanh sharpness: 1 until `start` (fraction of the budget), then linear up to beta_final at the end."""
+    if beta_final <= 1.0 or frac <= start:
+        return 1.0
+    return 1.0 + (beta_final - 1.0) * min(1.0, (frac - start) / max(1e-6, 1.0 - start))
+
+
 def lr_factor(frac: float, step: int, warmup: int) -> float:
     """Linear warm-up over `warmup` steps, then cosine over the time budget (frac = elapsed / budget)."""
     return min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
@@ -298,6 +308,7 @@ def train(args: argparse.Namespace) -> Path:
         rng.setstate(state["rng"])
         order = state["order"]
         q_z, q_cat, q_col = state["queue"]
+        net.beta = float(state.get("beta", 1.0))
         logger.info("resumed at step %d, %.1f min elapsed", step, elapsed / 60)
     budget = args.max_minutes * 60.0
     net.train()
@@ -313,6 +324,7 @@ def train(args: argparse.Namespace) -> Path:
         pos += args.batch_size
         x, cells, cat, col = make_batch(ts, idx, rng, args.input_size)
         f = lr_factor(elapsed / budget, step, args.warmup)
+        net.beta = beta_at(elapsed / budget, args.beta_final, args.beta_from)
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * f
         z = net(x, cells)
@@ -341,10 +353,12 @@ def train(args: argparse.Namespace) -> Path:
             last_probe = time.time()
         if time.time() - last_ckpt > args.checkpoint_every * 60:
             save_checkpoint(ckpt, net, opt, {"step": step, "elapsed": elapsed, "epoch": epoch, "pos": pos,
-                                             "rng": rng.getstate(), "order": order, "queue": (q_z, q_cat, q_col)})
+                                             "rng": rng.getstate(), "order": order, "queue": (q_z, q_cat, q_col),
+                                             "beta": net.beta})
             last_ckpt = time.time()
     save_checkpoint(ckpt, net, opt, {"step": step, "elapsed": elapsed, "epoch": epoch, "pos": pos,
-                                     "rng": rng.getstate(), "order": order, "queue": (q_z, q_cat, q_col)})
+                                     "rng": rng.getstate(), "order": order, "queue": (q_z, q_cat, q_col),
+                                     "beta": net.beta})
     if probe is not None:
         logger.info("final probe step %d: %s", step, run_probe(net, probe))
     (run_dir / "done.json").write_text(json.dumps({"step": step, "elapsed_s": round(elapsed, 1), "epoch": epoch,
@@ -375,7 +389,9 @@ def export(ckpt: Path, out_dir: Path, *, input_size: int, n_bits: int, frozen_bl
            for k, v in net.encoder.state_dict().items() if not k.startswith(("_conv_head.", "_bn1.", "_fc."))}
     version = f"effl0-emb.in{input_size}.s16s32-avgmax.tanh{n_bits}.flat{ISOLATE_VERSION}.hsv{N_COLOUR_BINS}-v2"
     save_file(enc, str(out_dir / "encoder.safetensors"), metadata={"version": version})
-    save_file({"mean": net.mean.detach().half().contiguous(), "projection": net.projection.detach().half().contiguous()},
+    beta = float(state.get("beta", 1.0))  # tanh(beta * x @ P) = tanh(x @ (beta * P))
+    save_file({"mean": net.mean.detach().half().contiguous(),
+               "projection": (beta * net.projection.detach()).half().contiguous()},
               str(out_dir / "projection.safetensors"), metadata={"version": version})
     meta = {
         "version": version,
@@ -400,13 +416,15 @@ def export(ckpt: Path, out_dir: Path, *, input_size: int, n_bits: int, frozen_bl
                                     "maps, each part L2-normalised, concatenated; feature = tanh((d - mean) @ "
                                     "projection), both learned"},
         "training": {"steps": state["step"], "elapsed_s": round(state["elapsed"], 1), "epochs": state["epoch"]
-                     + state["pos"] / len(state["order"])},
+                     + state["pos"] / len(state["order"]), "final_beta": beta},
         "seed": SEED,
         "command": command,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
     (out_dir / "manifest.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    for name in ("encoder.safetensors", "projection.safetensors"):
+        (out_dir / name).chmod(0o644)  # safetensors writes 0600
     return meta
 
 
@@ -448,6 +466,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--sup-weight", type=float, default=0.3, help="weight of the supervised (SupCon) term")
     p.add_argument("--quant-weight", type=float, default=0.1, help="weight of the (1 - |tanh|)^2 penalty")
+    p.add_argument("--beta-final", type=float, default=1.0, help="tanh sharpness at the end of the budget (1 = off)")
+    p.add_argument("--beta-from", type=float, default=0.0, help="fraction of the budget where beta starts rising")
     p.add_argument("--queue-size", type=int, default=4096, help="past embeddings used as extra keys (0 = none)")
     p.add_argument("--queue-after", type=int, default=150, help="steps before the queue is used")
     p.add_argument("--limit", type=int, default=None, help="train on this many images (smoke tests)")

@@ -86,11 +86,11 @@ def measure_latency(extractor: FeatureExtractor, items, n: int) -> dict[str, flo
 
 
 def evaluate(extractor: FeatureExtractor, data_dir: Path, *, split: str, batch_size: int, use_cache: bool,
-             latency_images: int, roipool: bool) -> dict:
+             latency_images: int, roipool: bool, index_splits: tuple[str, ...] | None = None) -> dict:
     """Every row of the comparison plus the top-level (combined) figures."""
     c = load_cached(extractor.encoder, data_dir, input_size=extractor.input_size, splits=(split,),
                     batch_size=batch_size, use_cache=use_cache, roipool=roipool,
-                    flatten=extractor.flatten_background)
+                    flatten=extractor.flatten_background, index_splits=index_splits)
     rows, alt = c.queries[split]
     if len(rows) == 0:
         raise SystemExit(f"no items in split {split!r} of {data_dir}")
@@ -149,7 +149,8 @@ def evaluate(extractor: FeatureExtractor, data_dir: Path, *, split: str, batch_s
     out["config"] = {"version": extractor.version, "n_bits": n_bits, "n_bytes": extractor.n_bytes,
                      "colour_bins": colours.shape[1], "colour_weight": w, "input_size": extractor.input_size,
                      "pooling": extractor.pooling, "layers": list(extractor.layers), "split": split,
-                     "n_queries": int(len(rows)), "n_index": len(items), "relevance": RELEVANCE_RULE,
+                     "n_queries": int(len(rows)), "n_index": len(items),
+                     "index": "all splits" if not index_splits else "+".join(index_splits), "relevance": RELEVANCE_RULE,
                      "roi": ROI_RULE}
     if latency_images > 0:
         out["latency_per_image"] = measure_latency(extractor, [items[i] for i in rows], latency_images)
@@ -252,6 +253,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-images", type=int, default=50, help="images timed for latency (0 = skip)")
     p.add_argument("--no-roipool", action="store_true", help="skip the crop vs ROI-pooling comparison")
     p.add_argument("--no-cache", action="store_true", help="recompute encoder outputs instead of var/retrieval/")
+    p.add_argument("--index-splits", default="", metavar="S[,S]",
+                   help="index only these splits (e.g. test: a quick comparison on a smaller index; default all)")
     p.add_argument("--record", action="store_true",
                    help="also write the figures into the feature configuration's manifest.json (test_metrics)")
     return p
@@ -259,12 +262,15 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
+    if args.record and args.index_splits:
+        raise SystemExit("--record stores the protocol's figures: not with --index-splits")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     set_threads(args.threads)
     data_dir = args.data or load_settings().data_dir
     extractor = FeatureExtractor.load(args.features)
     res = evaluate(extractor, data_dir, split=args.split, batch_size=args.batch_size, use_cache=not args.no_cache,
-                   latency_images=args.latency_images, roipool=not args.no_roipool)
+                   latency_images=args.latency_images, roipool=not args.no_roipool,
+                   index_splits=tuple(s for s in args.index_splits.split(",") if s) or None)
     if args.record:
         record(extractor, res, argv if argv is not None else sys.argv[1:])
     if args.json:

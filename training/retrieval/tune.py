@@ -89,10 +89,13 @@ class Cached:
 
 
 def load_cached(encoder, data_dir: Path, *, input_size: int, splits: tuple[str, ...], batch_size: int,
-                use_cache: bool = True, roipool: bool = True, flatten: bool = True) -> Cached:
-    """Encode (or read from var/retrieval/) every item, the altered copies of the query splits and the ROI-pooled
-    Colorful Fashion images."""
+                use_cache: bool = True, roipool: bool = True, flatten: bool = True,
+                index_splits: tuple[str, ...] | None = None) -> Cached:
+    """Encode (or read from var/retrieval/) every item (of `index_splits` only, when given: a smaller index for
+    quick comparisons), the altered copies of the query splits and the ROI-pooled Colorful Fashion images."""
     items = load_items(data_dir)
+    if index_splits:
+        items = [it for it in items if it.split in index_splits]
     kw = dict(input_size=input_size, data_dir=data_dir, batch_size=batch_size, use_cache=use_cache, flatten=flatten)
     queries = {}
     for split in splits:
