@@ -63,8 +63,10 @@ def test_frozen_prefix_selects_the_layers_before_the_split() -> None:
     inside_r = frozen_prefix("resception_small", 16)
     assert inside_r("stem.0.conv.weight") and inside_r("stage16.1.streams.0.body.0.conv.weight")
     assert not inside_r("stage32.0.streams.0.body.0.conv.weight")
+    inside32 = frozen_prefix("efficientnet_lite0", 32)  # the shipped attribute network trains only what follows
+    assert inside32("_blocks.15._project_conv.weight") and not inside32("_conv_head.weight")
     with pytest.raises(ValueError):
-        frozen_prefix("efficientnet_lite0", 32)
+        frozen_prefix("resception_small", 32)
 
 
 def _manifest(encoder: str, **arch) -> dict:
