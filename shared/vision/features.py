@@ -39,7 +39,7 @@ from shared.vision import presets
 
 # Version of the shipped feature configuration (encoder, layers, pooling, projection, colour bins). Codes and colour
 # histograms of two versions are not comparable: a new version means a reindex.
-FEATURES_VERSION = "effl0-imnet.in224.s16s32-avgmax.itq256.flat2.hsv52-v1"
+FEATURES_VERSION = "effl0-emb.in112.s16s32-avgmax.tanh256.flat2.hsv52-v2"
 FEATURES_DIR = "features"  # folder name under settings.models_dir
 
 Box = tuple[float, float, float, float]
