@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                                "queries": len(golden["queries"])}
         print(json.dumps(out) if args.json else f"wrote {out['file']}: {out['queries']} queries")
         return 0
-    from lookalike.supervisor import services_for
+    from lookalike.services import services_for
 
     # The database of a running `lookalike up` (or LOOKALIKE_DATABASE_URL), as the other commands find it.
     with services_for(settings, need_redis=False) as (resolved, _):

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -272,3 +273,12 @@ def resolve_services(settings: Settings, *, need_db: bool = True, need_redis: bo
     return settings.with_overrides(**changes), services
 
 
+@contextmanager
+def services_for(settings: Settings, *, need_redis: bool = True):
+    """Settings with resolved URLs; embedded servers started here are stopped on exit."""
+    resolved, services = resolve_services(settings, need_redis=need_redis)
+    try:
+        yield resolved, services
+    finally:
+        if services is not None:
+            services.stop()

@@ -13,31 +13,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from lookalike.services import services_for
 from lookalike.system import die_with_parent
 from shared.config import Settings, load_settings
 from shared.supervision import REPORT_FILE
 
 logger = logging.getLogger("lookalike")
 CHILD_STOP_TIMEOUT_S = 15
-
-
-@contextmanager
-def services_for(settings: Settings, *, need_redis: bool = True):
-    """Settings with resolved URLs; embedded servers started here are stopped on exit."""
-    from lookalike.services import resolve_services
-
-    resolved, services = resolve_services(settings, need_redis=need_redis)
-    try:
-        yield resolved, services
-    finally:
-        if services is not None:
-            services.stop()
 
 
 def child_env(settings: Settings) -> dict[str, str]:
