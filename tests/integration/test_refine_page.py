@@ -58,7 +58,9 @@ def test_edit_facets_and_why_through_the_api(live_system, engine):
     body = r.json()
     postings = _postings(engine)
     in_cat = {i for i, (c, _) in postings.items() if c == cat}
-    assert body["refine"]["matched"] == len(in_cat) and set(_ids(body)) == in_cat
+    # Earlier tests may have added listings to this category: the page holds its best 100, all from the category.
+    assert body["refine"]["matched"] == len(in_cat) and set(_ids(body)) <= in_cat
+    assert len(_ids(body)) == min(100, len(in_cat))
     f = body["facets"]
     assert f["n"] == len(in_cat) and f["categories"][0]["key"] == CATEGORY
     for row in f["attributes"] + f["colours"]:  # exact counts over the best n
@@ -78,9 +80,13 @@ def test_edit_facets_and_why_through_the_api(live_system, engine):
     with_a = {i for i in in_cat if a in postings[i][1]}
     req = _search(api, category=CATEGORY, k=100, edit=json.dumps({"require": [key]})).json()
     assert req["refine"]["require"] == [key] and req["refine"]["matched"] == len(with_a)
-    assert set(_ids(req)) == with_a and _ids(req) == [i for i in _ids(body) if i in with_a]  # same order, filtered
+    # Exactly the best listings with the attribute, in the unedited order (filtered).
+    assert set(_ids(req)) <= with_a and len(_ids(req)) == min(100, len(with_a))
+    kept = [i for i in _ids(body) if i in with_a]
+    assert _ids(req)[:len(kept)] == kept
     exc = _search(api, category=CATEGORY, k=100, edit=f"-{key}").json()
-    assert exc["refine"]["exclude"] == [key] and set(_ids(exc)) == in_cat - with_a
+    assert exc["refine"]["exclude"] == [key] and set(_ids(exc)) <= in_cat - with_a
+    assert len(_ids(exc)) == min(100, len(in_cat - with_a))
 
     colour_key = _pick(f["colours"], f["n"], group="colour")
     if colour_key is not None and colour_key.split(".", 1)[1] in SWATCHES:
@@ -88,7 +94,8 @@ def test_edit_facets_and_why_through_the_api(live_system, engine):
         col = _search(api, category=CATEGORY, k=100, edit=colour_key.split(".", 1)[1]).json()
         # A named colour keeps the daemon's tuned colour weight; only the histogram changes.
         assert col["refine"]["colour"]["key"] == colour_key and col["refine"]["weights"] == body["refine"]["weights"]
-        assert set(_ids(col)) == {i for i in in_cat if c_id in postings[i][1]}
+        coloured = {i for i in in_cat if c_id in postings[i][1]}
+        assert set(_ids(col)) <= coloured and len(_ids(col)) == min(100, len(coloured))
         for res in col["results"]:
             assert res["why"]["appearance"]["term"] + res["why"]["colour"]["term"] == res["why"]["score"]
 
