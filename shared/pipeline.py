@@ -102,7 +102,7 @@ class Models:
 
     taxonomy: Taxonomy
     text: Any  # shared.text.categorize.TextCategorizer
-    attributes: Any  # shared.vision.registry.LoadedNetwork
+    attributes: Any  # shared.vision.attributes.LoadedNetwork
     detector: Any  # shared.vision.roi.LoadedDetector
     features: Any  # shared.vision.features.FeatureExtractor
     attribute_version: str
@@ -138,7 +138,7 @@ class Models:
         from shared.text.categorize import TextCategorizer
         from shared.vision.features import FeatureExtractor
         from shared.vision.items import load_ranker
-        from shared.vision.registry import load_attribute_network
+        from shared.vision.attributes import load_attribute_network
         from shared.vision.roi import load_detector
 
         if settings.torch_threads:

@@ -36,6 +36,7 @@ from torch import nn
 from shared.codes.binarize import binarize, n_bytes_for
 from shared.index.postings import quantize_colours  # noqa: F401 - the one RAM form of colours
 from shared.vision import presets
+from shared.vision.foreground import BORDER_FRAC, foreground_mask  # noqa: F401 - re-exported for callers
 
 # Version of the shipped feature configuration (encoder, layers, pooling, projection, colour bins). Codes and colour
 # histograms of two versions are not comparable: a new version means a reindex.
@@ -60,46 +61,6 @@ N_COLOUR_BINS = N_HUE * N_SAT * N_VAL + N_GREY
 _CHROMA_MIN = 51  # 0.2 * 255
 # Colour histograms are computed on a thumbnail: 64 px on the longer side is plenty for 52 bins and keeps it ~1 ms.
 _COLOUR_SIDE = 64
-# Background estimation: a border ring this fraction of the shorter side (at least 1 px) ...
-_BORDER_FRAC = 0.04
-# ... is "uniform" when this share of its pixels lies within _BG_TOL (max abs channel difference) of its median.
-_BORDER_UNIFORM = 0.6
-_BG_TOL = 24
-# If the mask keeps less than this share of the crop (a white shirt filling a white frame), use every pixel.
-_MIN_FOREGROUND = 0.05
-
-
-def foreground_mask(rgb: np.ndarray) -> np.ndarray:
-    """Pixels of the item, not of a uniform background estimated from the border.
-
-    rgb: uint8 (h, w, 3) -> bool (h, w). When the border ring is mostly one colour (product photos are shot on white,
-    or padded), the pixels within a tolerance of that colour that are connected to the border are background. A
-    non-uniform border (street photos) gives an all-True mask, as does a mask that would keep almost nothing.
-    """
-    from scipy import ndimage
-
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise TypeError(f"rgb must be uint8 (h, w, 3), got {rgb.dtype} {rgb.shape}")
-    h, w = rgb.shape[:2]
-    everything = np.ones((h, w), dtype=bool)
-    if h < 3 or w < 3:
-        return everything
-    b = max(1, int(round(_BORDER_FRAC * min(h, w))))
-    ring = np.zeros((h, w), dtype=bool)
-    ring[:b], ring[-b:], ring[:, :b], ring[:, -b:] = True, True, True, True
-    border = rgb[ring].astype(np.int16)
-    ref = np.median(border, axis=0)
-    near = np.abs(rgb.astype(np.int16) - ref[None, None, :]).max(axis=2) <= _BG_TOL
-    if near[ring].mean() < _BORDER_UNIFORM:
-        return everything
-    # Background = the near-reference regions that touch the border (a white logo inside a shirt stays foreground).
-    labels, _ = ndimage.label(near)
-    touching = np.unique(labels[ring & near])
-    touching = touching[touching != 0]
-    fg = ~np.isin(labels, touching)
-    if fg.mean() < _MIN_FOREGROUND:
-        return everything
-    return fg
 
 
 # Bump when isolate_item's behaviour changes (cached encoder outputs are keyed by it).
@@ -112,7 +73,7 @@ _SEAM_PX = 3  # thumbnail pixels
 def _border_median(rgb: np.ndarray) -> np.ndarray:
     """Median colour of the border ring `foreground_mask` uses: float (3,)."""
     h, w = rgb.shape[:2]
-    b = max(1, int(round(_BORDER_FRAC * min(h, w))))
+    b = max(1, int(round(BORDER_FRAC * min(h, w))))
     ring = np.zeros((h, w), dtype=bool)
     ring[:b], ring[-b:], ring[:, :b], ring[:, -b:] = True, True, True, True
     return np.median(rgb[ring].astype(np.float32), axis=0)
@@ -477,7 +438,7 @@ def build_feature_encoder(spec: dict[str, Any], folder: str | Path | None = None
             raise ValueError(f"{spec['file']}: unexpected {unexpected[:3]}, missing {missing[:3]}")
         return net.eval()
     if source == "attributes":
-        from shared.vision.registry import load_attribute_network
+        from shared.vision.attributes import load_attribute_network
 
         loaded = load_attribute_network(spec.get("path"))
         # The projection was fitted on this encoder's maps: another attribute checkpoint means a refit + reindex.

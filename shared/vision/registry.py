@@ -17,7 +17,6 @@ from torch import nn
 from shared.vision import efficientnet_lite as effnet
 from shared.vision.resception import FULL, SMALL, ResCeption, ResCeptionConfig
 
-ATTRIBUTE_CHECKPOINT = "attributes"  # folder name under settings.models_dir
 
 
 class EfficientNetLite0Encoder(effnet.EfficientNetLite0):
@@ -117,50 +116,3 @@ def frozen_prefix(name: str, stride: int) -> Callable[[str], bool]:
     if stride not in spec.prefix_params:
         raise ValueError(f"encoder {name!r} cannot be split at stride {stride}; choose one of {sorted(spec.prefix_params)}")
     return spec.prefix_params[stride]
-
-
-@dataclass
-class LoadedNetwork:
-    """A checkpoint ready for inference: the network (eval mode), its manifest and preprocessing size."""
-
-    net: nn.Module
-    meta: dict[str, Any]
-    taxonomy_version: str
-    input_size: int
-
-
-def default_attribute_dir() -> Path:
-    """models/attributes/ under the configured models folder."""
-    from shared.config import load_settings
-
-    return load_settings().models_dir / ATTRIBUTE_CHECKPOINT
-
-
-def load_attribute_network(path: str | Path | None = None, *, device: str | torch.device = "cpu") -> LoadedNetwork:
-    """Load the attribute network (AttributeNet) from a checkpoint folder (default: the shipped models/attributes/).
-
-    The folder holds model.safetensors (fp16) and manifest.json; the taxonomy version must match the code's.
-    """
-    from safetensors.torch import load_file
-
-    from shared.taxonomy import load_taxonomy
-    from shared.vision.attributes import AttributeNet
-
-    from shared.checkpoints import read_manifest
-
-    folder = Path(path) if path is not None else default_attribute_dir()
-    meta = read_manifest(folder, kind="attributes")  # explicit version, same taxonomy (ValueError otherwise)
-    tax = load_taxonomy()
-    arch = meta["architecture"]
-    net = AttributeNet(encoder=build_encoder(arch["encoder"]), encoder_name=arch["encoder"], n_tokens=tax.n_tokens,
-                       embed_dim=arch["embed_dim"], hidden=arch["hidden"], layers=arch["layers"],
-                       colour_bins=int(arch.get("colour_bins", 0)))
-    state = load_file(str(folder / "model.safetensors"))
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
-    net.to(device).eval()
-    if torch.device(device).type == "cpu":
-        # channels_last convolutions are about 20% faster on CPU at batch 1 (measured at 160 px, one thread).
-        net.encoder.to(memory_format=torch.channels_last)
-        net.channels_last = True
-    return LoadedNetwork(net=net, meta=meta, taxonomy_version=meta["taxonomy_version"],
-                         input_size=int(meta["preprocessing"]["input_size"]))

@@ -16,7 +16,7 @@ from shared.taxonomy import BOS, EOS, N_SPECIAL, PAD, load_taxonomy
 from shared.vision.attributes import (AttributeNet, AttributePrediction, DecodeRules, analyze_images,
                                       build_attribute_net, decode, encode_images, pad_sequences,
                                       recognize_attributes, sequence_nll)
-from shared.vision.registry import LoadedNetwork, load_attribute_network
+from shared.vision.attributes import LoadedNetwork, load_attribute_network
 from training.attributes.engine import SetMetrics
 
 SHIPPED = REPO_ROOT / "models" / "attributes"

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from shared.taxonomy import load_taxonomy
-from shared.vision.attributes import AttributeNet, build_attribute_net
-from shared.vision.registry import (ENCODERS, EfficientNetLite0Encoder, build_encoder, encoder_spec, frozen_prefix,
-                                    load_attribute_network)
+from shared.vision.attributes import AttributeNet, build_attribute_net, load_attribute_network
+from shared.vision.registry import ENCODERS, EfficientNetLite0Encoder, build_encoder, encoder_spec, frozen_prefix
 from training.attributes.engine import export_checkpoint
 
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from shared.config import load_settings
 from shared.taxonomy import load_taxonomy
 from shared.vision.attributes import analyze_images, decode, decode_rules, pad_sequences, prepare_batch, sequence_nll
-from shared.vision.registry import load_attribute_network
+from shared.vision.attributes import load_attribute_network
 from training.attributes import data as D
 from training.attributes.engine import SetMetrics
 

@@ -245,7 +245,7 @@ def encoder_spec(name: str) -> dict:
     """The manifest's encoder entry for --encoder."""
     if name == "imagenet":
         return {"source": "registry", "name": "efficientnet_lite0", "pretrained": True}
-    from shared.vision.registry import default_attribute_dir
+    from shared.vision.attributes import default_attribute_dir
 
     meta = json.loads((default_attribute_dir() / "manifest.json").read_text(encoding="utf-8"))
     return {"source": "attributes", "version": meta.get("version")}
