@@ -84,8 +84,11 @@ def settings(server_urls, tmp_path_factory) -> Settings:
     })
 
 
-def _recreate_database(settings: Settings) -> None:
-    url = make_url(settings.database_url)
+def recreate_database(database_url: str, name: str | None = None) -> str:
+    """Drop and create a `_test` database on the server of `database_url` (named `name`, default the URL's own);
+    returns its URL."""
+    url = make_url(database_url)
+    url = url.set(database=name) if name else url
     assert url.database and url.database.endswith("_test"), f"refusing to use non-test database {url.database}"
     admin = create_engine(url.set(database="postgres", drivername="postgresql+psycopg2"),
                           isolation_level="AUTOCOMMIT")
@@ -93,6 +96,7 @@ def _recreate_database(settings: Settings) -> None:
         conn.execute(text(f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)"))
         conn.execute(text(f"CREATE DATABASE {url.database}"))
     admin.dispose()
+    return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +105,7 @@ def engine(settings):
     from lookalike.db_admin import upgrade
     from shared.db.session import make_engine
 
-    _recreate_database(settings)
+    recreate_database(settings.database_url)
     upgrade(settings)
     eng = make_engine(settings)
     yield eng

@@ -12,27 +12,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from lookalike.services import free_port
 from shared.config import REPO_ROOT
+from tests.conftest import recreate_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROCFILE_DB = "lookalike_procfile_test"
 PROCFILE_REDIS_DB = 13
-
-
-def _fresh_database(admin_url: str) -> str:
-    url = make_url(admin_url)
-    admin = create_engine(url.set(database="postgres", drivername="postgresql+psycopg2"),
-                          isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {PROCFILE_DB} WITH (FORCE)"))
-        conn.execute(text(f"CREATE DATABASE {PROCFILE_DB}"))
-    admin.dispose()
-    return url.set(database=PROCFILE_DB).render_as_string(hide_password=False)
 
 
 def _wait_json(url: str, proc: subprocess.Popen, out_path: Path, timeout_s: float) -> dict:
@@ -55,7 +43,7 @@ def test_honcho_start_runs_every_role_until_stopped(server_urls, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
     env.update({
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # `lookalike` of this venv
-        "LOOKALIKE_DATABASE_URL": _fresh_database(db_admin_url),
+        "LOOKALIKE_DATABASE_URL": recreate_database(db_admin_url, PROCFILE_DB),
         "LOOKALIKE_REDIS_URL": redis_url.rsplit("/", 1)[0] + f"/{PROCFILE_REDIS_DB}",
         "LOOKALIKE_API_PORT": str(api_port), "LOOKALIKE_INDEX_PORT": str(index_port),
         "LOOKALIKE_VAR_DIR": str(tmp_path / "var"), "LOOKALIKE_TORCH_THREADS": "1",

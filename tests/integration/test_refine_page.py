@@ -4,7 +4,6 @@ chips / swatches / facets in headless Chromium. Every "carries the attribute" ch
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,9 +16,6 @@ from shared.taxonomy import load_taxonomy
 pytestmark = [pytest.mark.integration]
 
 TAX = load_taxonomy()
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TSHIRT = REPO_ROOT / "sample" / "images" / "clothing_04520051-6197-4561-a721-8e73c0d4116a.jpg"
 CATEGORY = "tshirt"
 TIMEOUT_S = 120  # the first search may wait for the API to load its networks on a busy CPU
@@ -130,19 +126,6 @@ def test_openapi_describes_the_refinements(live_system):
     assert {"edit", "palette", "facets"} <= set(fields["properties"])
     resp = doc["components"]["schemas"]["SearchResponse"]["properties"]
     assert {"refine", "facets"} <= set(resp) and "why" in resp["results"]["items"]["properties"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _is_search(response) -> bool:

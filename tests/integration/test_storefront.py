@@ -16,29 +16,12 @@ from shared.config import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-# The machine has no network: never let Playwright fetch a browser, and keep Chromium from calling home.
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # A T-shirt from the part of the sample catalogue that live_system indexes (rows[::4]).
 TSHIRT = REPO_ROOT / "sample" / "images" / "clothing_04520051-6197-4561-a721-8e73c0d4116a.jpg"
 CATEGORY = "tshirt"  # what the shopper picks for option 2
 SHOTS = REPO_ROOT / "var" / "storefront"
 SEARCH_TIMEOUT_MS = 120_000  # the first search may wait for the API to load its networks on a busy CPU
 UI_TIMEOUT_MS = 15_000
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture

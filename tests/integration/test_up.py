@@ -51,14 +51,20 @@ def _leftovers(var_dir) -> list[str]:
     return found
 
 
-@pytest.mark.skipif(bool(os.environ.get("TEST_LOOKALIKE_DATABASE_URL")), reason="runs on embedded servers only")
-def test_up_indexes_serves_stops_and_reuses_state(server_tmp_path):
-    var_dir = server_tmp_path / "var"
+def _up_env(var_dir) -> dict[str, str]:
+    """A user's environment (no LOOKALIKE_* of ours) with this run's folder and free ports."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
     env.update({"LOOKALIKE_VAR_DIR": str(var_dir), "LOOKALIKE_API_PORT": str(free_port()),
                 "LOOKALIKE_INDEX_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
     if os.environ.get("LOOKALIKE_MODELS_DIR"):
         env["LOOKALIKE_MODELS_DIR"] = os.environ["LOOKALIKE_MODELS_DIR"]
+    return env
+
+
+@pytest.mark.skipif(bool(os.environ.get("TEST_LOOKALIKE_DATABASE_URL")), reason="runs on embedded servers only")
+def test_up_indexes_serves_stops_and_reuses_state(server_tmp_path):
+    var_dir = server_tmp_path / "var"
+    env = _up_env(var_dir)
     proc, out, first_s = _run_up(env, limit=12)
     try:
         url = out.rsplit("Search at:", 1)[1].split()[0]
@@ -111,11 +117,7 @@ def test_up_indexes_serves_stops_and_reuses_state(server_tmp_path):
 def test_up_with_two_shards_splits_the_index(server_tmp_path):
     """`lookalike up --shards 2`: two index daemons, each holding its half, and an API that searches both."""
     var_dir = server_tmp_path / "var"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
-    env.update({"LOOKALIKE_VAR_DIR": str(var_dir), "LOOKALIKE_API_PORT": str(free_port()),
-                "LOOKALIKE_INDEX_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
-    if os.environ.get("LOOKALIKE_MODELS_DIR"):
-        env["LOOKALIKE_MODELS_DIR"] = os.environ["LOOKALIKE_MODELS_DIR"]
+    env = _up_env(var_dir)
     proc, out, _ = _run_up(env, 6, "--shards", "2")
     try:
         url = out.rsplit("Search at:", 1)[1].split()[0].rstrip("/")
