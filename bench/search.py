@@ -23,13 +23,14 @@ from bench.common import emit, percentiles, print_table, private_system
 from lookalike.catalogue import SAMPLE_CSV, ingest_catalogue, read_catalog_csv
 from shared.db import queries
 from shared.db.session import make_engine, session_scope
+from shared.imaging import open_rgb
 
 
 def query_images(rows, n: int = 20) -> list[tuple[bytes, tuple[int, int]]]:
     """Sample photos re-encoded as 512-px JPEGs (the target's query size)."""
     out = []
     for row in rows[:: max(1, len(rows) // n)][:n]:
-        img = Image.open(row.image_path).convert("RGB")
+        img = open_rgb(row.image_path)
         scale = 512 / max(img.size)
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
         buf = io.BytesIO()

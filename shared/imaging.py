@@ -163,6 +163,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    """A trusted local image file (a data folder, the sample catalogue) as loaded 8-bit RGB, upright per EXIF and
+    transparency on white: the same pixels serving gets from `decode_image`, without the intake limits. Training,
+    evaluation and benchmarks open files through this, so what a model learns from is what it is served."""
+    with Image.open(path) as img:
+        img.load()
+        return to_rgb(_apply_exif_orientation(img))
+
+
 def image_sha256(data: bytes) -> str:
     """Hex SHA-256 of the raw file bytes (dedup key for listing and query images)."""
     return hashlib.sha256(data).hexdigest()

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from shared.imaging import open_rgb
 from shared.taxonomy import N_SPECIAL, PAD, load_taxonomy
 from shared.taxonomy.labels import LabeledImage, load_labeled
 from shared.vision import presets
@@ -66,9 +67,7 @@ def load_samples(data_dir: str | Path, splits: Sequence[str]) -> list[Sample]:
 
 def load_image(sample: Sample) -> Image.Image:
     """The sample's pixels: RGB, cropped to its box when it has one."""
-    with Image.open(sample.path) as img:
-        rgb = img.convert("RGB")
-    return presets.crop(rgb, sample.box)
+    return presets.crop(open_rgb(sample.path), sample.box)
 
 
 def data_hash(data_dir: str | Path) -> str:

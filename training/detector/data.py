@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from shared.imaging import open_rgb
 from shared.taxonomy.labels import LabeledImage, load_labeled
 from shared.vision.presets import to_uint8_tensor
 
@@ -126,8 +127,7 @@ def select_items(data_dir: str | Path, *, splits: Sequence[str], myntra_per_cate
 
 def load_rgb(path: Path) -> np.ndarray:
     """uint8 (h, w, 3) RGB pixels of an image file."""
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"), dtype=np.uint8)
+    return np.array(open_rgb(path), dtype=np.uint8)
 
 
 def build_samples(items: Sequence[LabeledImage]) -> tuple[list[DetectionSample], list[torch.Tensor]]:
@@ -175,8 +175,7 @@ def to_target(sample: DetectionSample, pixels: torch.Tensor, *, flip: bool) -> t
 
 def image_of(sample: DetectionSample) -> Image.Image:
     """The sample's image as PIL RGB."""
-    with Image.open(sample.path) as im:
-        return im.convert("RGB")
+    return open_rgb(sample.path)
 
 
 def pixels_of(image: Image.Image) -> torch.Tensor:

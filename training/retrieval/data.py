@@ -16,6 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from shared.config import REPO_ROOT
+from shared.imaging import open_rgb
 from shared.taxonomy import load_source_labels
 from shared.taxonomy.labels import load_labeled
 from shared.vision import presets
@@ -84,8 +85,7 @@ def relevance(queries: Sequence[RetrievalItem], index: Sequence[RetrievalItem]) 
 
 def open_image(path: Path) -> Image.Image:
     """A dataset image as loaded RGB."""
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    return open_rgb(path)
 
 
 def roi_crop(item: RetrievalItem) -> Image.Image:
