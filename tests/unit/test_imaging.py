@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from shared.errors import ImageError, InvalidInput, PermanentError
-from shared.imaging import decode_image, encode_jpeg, image_sha256, to_rgb
+from shared.imaging import decode_image, encode_jpeg, image_sha256, open_rgb, to_rgb
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000
@@ -486,3 +486,28 @@ def test_fuzz_shapes_modes_and_formats_give_rgb_within_the_work_size_or_image_er
         if max(w, h) > max_side:
             scale = max_side / max(w, h)  # the same aspect, up to rounding of each side
             assert abs(out.width - w * scale) <= 2 and abs(out.height - h * scale) <= 2, (w, h, out.size)
+
+
+@pytest.mark.parametrize("make", ["exif_rotated_jpeg", "transparent_png"])
+def test_open_rgb_gives_training_the_pixels_serving_decodes(make: str, tmp_path: Path) -> None:
+    """Training and evaluation open files with open_rgb; serving decodes uploads with decode_image. On a file
+    where a bare Image.open().convert("RGB") differs (EXIF rotation, transparency), both give the same pixels."""
+    rng = np.random.default_rng(0)
+    if make == "exif_rotated_jpeg":
+        img = Image.fromarray(rng.integers(0, 255, (40, 64, 3), dtype=np.uint8))
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90° clockwise on display
+        path = tmp_path / "photo.jpg"
+        img.save(path, "JPEG", quality=95, exif=exif)
+    else:
+        rgba = rng.integers(0, 255, (40, 64, 4), dtype=np.uint8)
+        rgba[:20, :, 3] = 0  # the top half fully transparent
+        path = tmp_path / "cutout.png"
+        Image.fromarray(rgba, "RGBA").save(path)
+    opened = open_rgb(path)
+    served = decode(path.read_bytes())
+    naive = Image.open(path).convert("RGB")
+    assert opened.mode == "RGB"
+    assert opened.size == served.size
+    assert np.array_equal(np.asarray(opened), np.asarray(served))
+    assert opened.size != naive.size or not np.array_equal(np.asarray(opened), np.asarray(naive))
