@@ -26,7 +26,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +208,12 @@ def losses(z: torch.Tensor, cat: torch.Tensor, col: torch.Tensor, queue: tuple[t
     return {"inst": inst, "sup": sup, "quant": quant}
 
 
+def sign_st(z: torch.Tensor) -> torch.Tensor:
+    """The sign code in the forward pass, the tanh's gradient in the backward pass (straight-through): losses on it
+    rank by Hamming distance, as serving does."""
+    return z + (torch.where(z > 0, 1.0, -1.0) - z).detach()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # probe: a small VAL altered-copy check during training (the real figures come from `evaluate retrieval`)
 
@@ -273,6 +279,43 @@ def save_checkpoint(path: Path, net: EmbeddingNet, opt: torch.optim.Optimizer, s
     tmp.replace(path)
 
 
+def init_from_features(net: EmbeddingNet, folder: Path) -> None:
+    """Start from an exported features folder (`export`'s output, e.g. models/features/): its encoder, mean and
+    projection (beta already folded in, so training continues at beta 1 relative to it)."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    if meta.get("encoder", {}).get("source") != "file" or meta.get("projection") != "learned":
+        raise SystemExit(f"--init-from {folder}: not a `lookalike train embedding` export")
+    enc = {k: v.float() for k, v in load_file(str(folder / meta["encoder"]["file"])).items()}
+    _, unexpected = net.encoder.load_state_dict(enc, strict=False)
+    if unexpected:
+        raise SystemExit(f"--init-from {folder}: unexpected encoder keys {unexpected[:3]}")
+    head = load_file(str(folder / meta["file"]))
+    with torch.no_grad():
+        net.mean.copy_(head["mean"].float())
+        net.projection.copy_(head["projection"].float())
+    logger.info("initialised from %s (%s)", folder, meta.get("version"))
+
+
+def stop_budget(stop_at: str | None, max_minutes: float, elapsed: float) -> float:
+    """Training seconds: --max-minutes, cut so that the run ends by the wall-clock time --stop-at (UTC, ISO or HH:MM,
+    today or, if passed, tomorrow) counting what was already trained (`elapsed`, when resuming)."""
+    budget = max_minutes * 60.0
+    if not stop_at:
+        return budget
+    now = datetime.now(timezone.utc)
+    if len(stop_at) <= 5:
+        hh, mm = (int(v) for v in stop_at.split(":"))
+        end = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+        if end <= now:
+            end += timedelta(days=1)
+    else:
+        end = datetime.fromisoformat(stop_at)
+        end = end if end.tzinfo else end.replace(tzinfo=timezone.utc)
+    return max(60.0, min(budget, elapsed + (end - now).total_seconds()))
+
+
 def train(args: argparse.Namespace) -> Path:
     from shared.vision.registry import build_encoder
 
@@ -288,6 +331,8 @@ def train(args: argparse.Namespace) -> Path:
     probe = build_probe(items, args.input_size, args.probe_index, args.probe_queries) if args.probe_every else None
     net = EmbeddingNet(build_encoder("efficientnet_lite0", pretrained=True), n_bits=args.n_bits,
                        frozen_blocks=args.frozen_blocks)
+    if args.init_from is not None:
+        init_from_features(net, args.init_from)
     net.encoder.to(memory_format=torch.channels_last)
     head = [net.mean, net.projection]
     body = [p for p in net.encoder.parameters() if p.requires_grad]
@@ -297,7 +342,7 @@ def train(args: argparse.Namespace) -> Path:
     ckpt = run_dir / "last.pt"
     step, elapsed, epoch, pos = 0, 0.0, 0, 0
     rng = random.Random(SEED)
-    order = np.random.default_rng(SEED).permutation(len(ts.images))
+    order = np.random.default_rng(args.shuffle_seed).permutation(len(ts.images))
     q_z = torch.zeros((0, args.n_bits))
     q_cat = q_col = torch.zeros((0,), dtype=torch.int64)
     if args.resume and ckpt.exists():
@@ -310,7 +355,8 @@ def train(args: argparse.Namespace) -> Path:
         q_z, q_cat, q_col = state["queue"]
         net.beta = float(state.get("beta", 1.0))
         logger.info("resumed at step %d, %.1f min elapsed", step, elapsed / 60)
-    budget = args.max_minutes * 60.0
+    budget = stop_budget(args.stop_at, args.max_minutes, elapsed)
+    logger.info("training budget %.1f min (%.1f already done)", budget / 60, elapsed / 60)
     net.train()
     last_ckpt = last_probe = time.time()
     t_mark, seen_mark = time.time(), 0
@@ -319,7 +365,7 @@ def train(args: argparse.Namespace) -> Path:
         t_step = time.time()
         if pos + args.batch_size > len(order):
             epoch, pos = epoch + 1, 0
-            order = np.random.default_rng(SEED + epoch).permutation(len(ts.images))
+            order = np.random.default_rng(args.shuffle_seed + epoch).permutation(len(ts.images))
         idx = order[pos:pos + args.batch_size]
         pos += args.batch_size
         x, cells, cat, col = make_batch(ts, idx, rng, args.input_size)
@@ -331,6 +377,11 @@ def train(args: argparse.Namespace) -> Path:
         use_queue = step >= args.queue_after and q_z.shape[0] > 0
         parts = losses(z, cat, col, (q_z, q_cat, q_col) if use_queue else None, temperature=args.temperature)
         loss = parts["inst"] + args.sup_weight * parts["sup"] + args.quant_weight * parts["quant"]
+        if args.st_weight > 0:  # the same losses on the sign codes (queue keys binarised too)
+            bq = (torch.where(q_z > 0, 1.0, -1.0) / math.sqrt(args.n_bits), q_cat, q_col) if use_queue else None
+            st = losses(sign_st(z), cat, col, bq, temperature=args.temperature)
+            parts["st"] = st["inst"].detach()
+            loss = loss + args.st_weight * (st["inst"] + args.sup_weight * st["sup"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -344,9 +395,10 @@ def train(args: argparse.Namespace) -> Path:
             rate = (seen - seen_mark) / max(1e-6, time.time() - t_mark)
             t_mark, seen_mark = time.time(), seen
             logger.info("step %d epoch %d (%.2f) %.1f/%.0f min lr %.2e loss %.4f inst %.4f sup %.4f quant %.4f "
-                        "|z| %.3f %.1f views/s", step, epoch, pos / len(order), elapsed / 60, budget / 60,
+                        "|z| %.3f st %.4f beta %.2f %.1f views/s", step, epoch, pos / len(order), elapsed / 60, budget / 60,
                         opt.param_groups[1]["lr"], loss.item(), parts["inst"].item(), parts["sup"].item(),
-                        parts["quant"].item(), float(z.detach().abs().mean()), rate)
+                        parts["quant"].item(), float(z.detach().abs().mean()), float(parts.get("st", torch.zeros(()))),
+                        net.beta, rate)
         if probe is not None and time.time() - last_probe > args.probe_every * 60:
             t_p = time.time()
             logger.info("probe step %d: %s (%.0f s)", step, run_probe(net, probe), time.time() - t_p)
@@ -373,7 +425,7 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def export(ckpt: Path, out_dir: Path, *, input_size: int, n_bits: int, frozen_blocks: int, command: str,
-           colour_weight: float = 0.1, extra: dict | None = None) -> dict:
+           colour_weight: float = 0.1, extra: dict | None = None, tag: str = "v2") -> dict:
     """encoder.safetensors (fp16, blocks up to stride 32) + projection.safetensors (fp16 mean, projection) +
     manifest.json."""
     from safetensors.torch import save_file
@@ -387,7 +439,7 @@ def export(ckpt: Path, out_dir: Path, *, input_size: int, n_bits: int, frozen_bl
     out_dir.mkdir(parents=True, exist_ok=True)
     enc = {k: (v.detach().half() if v.is_floating_point() else v).contiguous()
            for k, v in net.encoder.state_dict().items() if not k.startswith(("_conv_head.", "_bn1.", "_fc."))}
-    version = f"effl0-emb.in{input_size}.s16s32-avgmax.tanh{n_bits}.flat{ISOLATE_VERSION}.hsv{N_COLOUR_BINS}-v2"
+    version = f"effl0-emb.in{input_size}.s16s32-avgmax.tanh{n_bits}.flat{ISOLATE_VERSION}.hsv{N_COLOUR_BINS}-{tag}"
     save_file(enc, str(out_dir / "encoder.safetensors"), metadata={"version": version})
     beta = float(state.get("beta", 1.0))  # tanh(beta * x @ P) = tanh(x @ (beta * P))
     save_file({"mean": net.mean.detach().half().contiguous(),
@@ -454,6 +506,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="data folder (default: settings data_dir)")
     p.add_argument("--resume", action="store_true", help="continue from var/embedding/<run>/last.pt")
     p.add_argument("--max-minutes", type=float, default=80.0, help="training time budget (the LR schedule follows it)")
+    p.add_argument("--stop-at", default=None, metavar="TIME",
+                   help="UTC wall-clock end (HH:MM or ISO): the budget shrinks so that training stops by then")
+    p.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                   help="start from an exported features folder (encoder, mean, projection), e.g. models/features")
+    p.add_argument("--shuffle-seed", type=int, default=SEED,
+                   help="seed of the image order (another one when continuing a run's weights via --init-from)")
+    p.add_argument("--st-weight", type=float, default=0.0,
+                   help="weight of the instance + supervised losses on straight-through sign codes (0 = off)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = time budget only)")
     p.add_argument("--input-size", type=int, default=112)
     p.add_argument("--n-bits", type=int, default=256)
@@ -481,6 +541,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="after training (or with --export-only), write a features folder here")
     p.add_argument("--export-only", action="store_true", help="export var/embedding/<run>/last.pt, no training")
     p.add_argument("--colour-weight", type=float, default=0.1, help="colour weight written by --export")
+    p.add_argument("--version-tag", default="v2",
+                   help="last part of the exported version string: a new one for every new set of weights")
     p.add_argument("--tune-colour", action="store_true",
                    help="after --export, pick the colour weight on VAL and record it (encodes the whole folder)")
     return p
@@ -494,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = RUNS_DIR / args.run / "last.pt" if args.export_only else train(args)
     if args.export is not None:
         meta = export(ckpt, args.export, input_size=args.input_size, n_bits=args.n_bits,
-                      frozen_blocks=args.frozen_blocks, command=command, colour_weight=args.colour_weight)
+                      frozen_blocks=args.frozen_blocks, command=command, colour_weight=args.colour_weight,
+                      tag=args.version_tag)
         print(json.dumps({"out": str(args.export), "version": meta["version"], "training": meta["training"]}))
         if args.tune_colour:
             print(json.dumps(tune_colour(args.export, args.data or load_settings().data_dir)))
