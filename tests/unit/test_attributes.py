@@ -218,6 +218,18 @@ def test_set_metrics_colour_family_and_disputed_labels() -> None:
     assert c["undisputed"] == {"n": 2, "accuracy": 0.0, "family_accuracy": 0.5}
 
 
+def test_images_without_attribute_labels_are_not_taught_to_stop() -> None:
+    from training.attributes.data import Sample
+
+    shirt, blue = TAX.category("shirt").id, TAX.attribute("colour.blue").id
+    street = tuple(TAX.sequence(shirt, []))  # BOS, shirt, EOS: a Colorful Fashion crop names only its category
+    s = Sample("cf", "colorful_fashion", "train", Path("x.jpg"), (0, 0, 1, 1), shirt, (), street)
+    assert s.targets(TAX) == (BOS, TAX.category_token(shirt), PAD)  # the category is scored, the stop is not
+    product = tuple(TAX.sequence(shirt, [blue]))
+    p = Sample("m", "myntra_small", "train", Path("y.jpg"), None, shirt, (blue,), product)
+    assert p.targets(TAX) == product and product[-1] == EOS
+
+
 def test_colour_features_follow_the_pixels() -> None:
     from shared.vision import presets
     from shared.vision.attributes import COLOUR_BINS, colour_features

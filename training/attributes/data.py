@@ -13,12 +13,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from shared.imaging import open_rgb
-from shared.taxonomy import N_SPECIAL, PAD, load_taxonomy
+from shared.taxonomy import EOS, N_SPECIAL, PAD, load_taxonomy
 from shared.taxonomy.labels import LabeledImage, load_labeled
 from shared.vision import presets
 from shared.vision.attributes import COLOUR_BINS, colour_features
 
 logger = logging.getLogger(__name__)
+
+
+UNLABELLED_RULE = ("an image whose label names no attribute (Colorful Fashion street crops carry only a category) "
+                   "is not taught to stop after its category: its end token is not scored")
 
 
 @dataclass(frozen=True)
@@ -36,12 +40,17 @@ class Sample:
     disputed_groups: tuple[str, ...] = ()  # groups whose sources disagree (shared.taxonomy.labels.LABEL_NOISE_RULE)
 
     def targets(self, tax) -> tuple[int, ...]:
-        """`tokens` with the tokens of disputed groups replaced by PAD: what training scores (PAD is ignored).
+        """`tokens` with what the label cannot vouch for replaced by PAD: what training scores (PAD is ignored).
 
-        Inputs stay the full sequence (teacher forcing); only the loss skips the disputed values."""
+        Disputed groups' tokens are not scored (shared.taxonomy.labels.LABEL_NOISE_RULE), nor is the end token of an
+        image whose label carries no attribute at all (UNLABELLED_RULE). Inputs stay the full sequence (teacher
+        forcing); only the loss skips those targets."""
         skip = set(self.disputed_groups)
         a0 = N_SPECIAL + len(tax.categories)
-        return tuple(PAD if t >= a0 and tax.attributes[t - a0].group in skip else t for t in self.tokens)
+        out = [PAD if t >= a0 and tax.attributes[t - a0].group in skip else t for t in self.tokens]
+        if not self.attribute_ids and out[-1] == EOS:
+            out[-1] = PAD
+        return tuple(out)
 
 
 def item_box(item: LabeledImage) -> tuple[float, float, float, float] | None:
@@ -126,12 +135,14 @@ def cached_prefix_maps(encoder: torch.nn.Module, encoder_name: str, samples: Seq
         return torch.load(path, weights_only=True)
     was_training = encoder.training
     encoder.eval()
+    encoder.to(memory_format=torch.channels_last)  # about 20 % faster on one CPU thread
     chunks = []
     for lo in tqdm(range(0, len(samples), batch_size), desc=f"prefix maps s{stride}", leave=False):
-        x = presets.normalize(pixels[lo: lo + batch_size]).to(device)
+        x = presets.normalize(pixels[lo: lo + batch_size]).to(device).contiguous(memory_format=torch.channels_last)
         views = [x, x.flip(3)] if flip else [x]
-        maps = [encoder.forward_maps(v, upto=stride)[stride].half().cpu() for v in views]
+        maps = [encoder.forward_maps(v, upto=stride)[stride].half().contiguous().cpu() for v in views]
         chunks.append(torch.stack(maps, 1))
+    encoder.to(memory_format=torch.contiguous_format)
     encoder.train(was_training)
     out = torch.cat(chunks)
     torch.save(out, path)

@@ -129,8 +129,10 @@ def batch_input(store: torch.Tensor, idx: torch.Tensor, *, from_stride: int, tra
 @torch.no_grad()
 def validate(net: AttributeNet, store: torch.Tensor, seqs: Sequence[Sequence[int]], cats: Sequence[int],
              attrs: Sequence[Sequence[int]], tax: Taxonomy, *, from_stride: int, device: torch.device,
-             batch_size: int = 128, colour: Colour | None = None) -> dict[str, Any]:
-    """Teacher-forced NLL per token and greedy-decoded set precision/recall on a cached split."""
+             batch_size: int = 128, colour: Colour | None = None,
+             targets: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
+    """Teacher-forced NLL per token (of `targets`, default `seqs`, as in train_epoch) and greedy-decoded set
+    precision/recall on a cached split."""
     net.eval()
     rules = decode_rules(tax)
     metrics = SetMetrics(tax)
@@ -142,7 +144,8 @@ def validate(net: AttributeNet, store: torch.Tensor, seqs: Sequence[Sequence[int
         emb, maps = net.encode(x.to(device), from_stride=from_stride)
         ctx = net.context(emb, _to(col, device), maps.get(32))
         logits, _ = net.step(ctx, toks[:, :-1], net.initial_state(ctx))
-        loss, k = sequence_nll(logits, toks[:, 1:])
+        tgt = toks if targets is None else pad_sequences([targets[i] for i in idx.tolist()]).to(device)
+        loss, k = sequence_nll(logits, tgt[:, 1:])
         nll_sum += float(loss)
         n_tok += k
         for i, (c, _, pa) in zip(idx.tolist(), decode(net, ctx, rules)):

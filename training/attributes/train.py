@@ -7,6 +7,7 @@ stride-16 maps of every crop and of its mirror image (so later blocks, head and 
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import logging
 import math
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=45.0,
                    help="training-time budget (caching excluded); the LR schedule follows whichever of epochs "
                         "and time runs out first")
+    p.add_argument("--deadline", default=None,
+                   help="UTC time (YYYY-MM-DDTHH:MM) by which training must end: caps --max-minutes once the caches "
+                        "are ready, so an unknown caching time cannot push the run past it")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="LR of the projection + LSTM")
     p.add_argument("--encoder-lr", type=float, default=3e-4, help="LR of the trained encoder layers")
@@ -138,11 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     col_va = D.cached_colour(val_s, args.input_size, args.cache_dir) if colour_bins else None
     cache_s = time.time() - t_cache
     logger.info("caches ready in %.0f s: train %s, val %s", cache_s, tuple(store_tr.shape), tuple(store_va.shape))
+    if args.deadline:
+        end = calendar.timegm(time.strptime(args.deadline, "%Y-%m-%dT%H:%M"))
+        left_min = (end - time.time()) / 60.0 - 2.0  # the last validation and export
+        if left_min < args.max_minutes:
+            logger.info("--deadline %s: training budget %.1f min instead of %.1f", args.deadline, left_min,
+                        args.max_minutes)
+            args.max_minutes = max(left_min, 1.0)
     seqs_tr = [s.tokens for s in train_s]
     targets_tr = [s.targets(tax) for s in train_s]
     logger.info("label noise: %d of %d train images have a disputed group (%s), their tokens there are not scored",
                 sum(1 for s in train_s if s.disputed_groups), len(train_s), LABEL_NOISE_RULE)
+    logger.info("unlabelled: %d of %d train images name no attribute (%s)",
+                sum(1 for s in train_s if not s.attribute_ids), len(train_s), D.UNLABELLED_RULE)
     va = ([s.tokens for s in val_s], [s.category_id for s in val_s], [s.attribute_ids for s in val_s])
+    va_targets = [s.targets(tax) for s in val_s]
 
     net.to(device)
     enc_params = [p for p in net.encoder.parameters() if p.requires_grad]
@@ -184,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                      "trained_modules": trained, "batch_size": args.batch_size, "lr": args.lr,
                      "encoder_lr": base_lrs[0], "augmentation": "none" if args.no_flip else "horizontal flip",
                      "init_from": None if args.init_from is None else args.init_from.as_posix(),
-                     "label_noise_rule": LABEL_NOISE_RULE},
+                     "label_noise_rule": LABEL_NOISE_RULE, "unlabelled_rule": D.UNLABELLED_RULE},
     }
 
     t0 = time.time()
@@ -201,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             net, store_tr, seqs_tr, from_stride=fs, batch_size=args.batch_size, optimizer=opt, base_lrs=base_lrs,
             device=device, gen=gen, step=state["step"], progress_fn=progress, desc=f"epoch {ep}",
             targets=targets_tr, colour=col_tr)
-        v = validate(net, store_va, *va, tax, from_stride=fs, device=device, colour=col_va)
+        v = validate(net, store_va, *va, tax, from_stride=fs, device=device, colour=col_va, targets=va_targets)
         state["step"] = step
         state["epoch"] = ep + 1
         state["elapsed"] = start_elapsed + time.time() - t0
