@@ -116,3 +116,41 @@ def test_export_loads_as_features_folder(tmp_path, net: E.EmbeddingNet) -> None:
     out = extract_features(ex, crops)
     np.testing.assert_allclose(out.feats, z, atol=0.05)  # fp16 weights
     assert (np.unpackbits(out.codes) == np.unpackbits(binarize(z))).mean() > 0.95
+
+
+def test_init_from_an_export_continues_the_same_network(tmp_path, net: E.EmbeddingNet) -> None:
+    """--init-from: a fresh net loaded from an exported folder computes what the exported net did (fp16 weights,
+    beta folded into the projection)."""
+    opt = torch.optim.AdamW(net.parameters())
+    ckpt = tmp_path / "last.pt"
+    E.save_checkpoint(ckpt, net, opt, {"step": 1, "elapsed": 1.0, "epoch": 0, "pos": 4, "order": np.arange(8),
+                                       "beta": 2.0})
+    E.export(ckpt, tmp_path / "features", input_size=SIZE, n_bits=64, frozen_blocks=3, command="test", tag="t1")
+    fresh = E.EmbeddingNet(build_encoder("efficientnet_lite0"), n_bits=64, frozen_blocks=3)
+    E.init_from_features(fresh, tmp_path / "features")
+    fresh.eval()
+    views = [E.encoder_view(photo(i), SIZE) for i in range(3)]
+    x, cells = torch.stack([v[0] for v in views]), E.batch_cells([v[1] for v in views], SIZE)
+    net.beta = 2.0
+    try:
+        with torch.no_grad():
+            np.testing.assert_allclose(fresh(x, cells).numpy(), net(x, cells).numpy(), atol=0.05)
+    finally:
+        net.beta = 1.0
+    assert FeatureExtractor.load(tmp_path / "features").version.endswith("-t1")
+
+
+def test_sign_codes_straight_through() -> None:
+    z = torch.tensor([[0.3, -0.2, 0.9]], requires_grad=True)
+    s = E.sign_st(z)
+    assert s.tolist() == [[1.0, -1.0, 1.0]]
+    (s * torch.tensor([[1.0, 2.0, 3.0]])).sum().backward()
+    assert z.grad.tolist() == [[1.0, 2.0, 3.0]]  # the gradient passes as if through the identity
+
+
+def test_stop_budget() -> None:
+    assert E.stop_budget(None, 10, 0.0) == 600.0
+    soon = (E.datetime.now(E.timezone.utc) + E.timedelta(minutes=5)).isoformat()
+    assert 240 < E.stop_budget(soon, 10, 0.0) <= 300
+    assert 240 + 100 < E.stop_budget(soon, 10, 100.0) <= 400  # resuming: what was trained counts
+    assert E.stop_budget(soon, 2, 0.0) == 120.0  # --max-minutes still caps

@@ -471,6 +471,7 @@ def export(ckpt: Path, out_dir: Path, *, input_size: int, n_bits: int, frozen_bl
                      + state["pos"] / len(state["order"]), "final_beta": beta},
         "seed": SEED,
         "command": command,
+        "training_args": _run_args(ckpt.parent),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
@@ -478,6 +479,15 @@ def export(ckpt: Path, out_dir: Path, *, input_size: int, n_bits: int, frozen_bl
     for name in ("encoder.safetensors", "projection.safetensors"):
         (out_dir / name).chmod(0o644)  # safetensors writes 0600
     return meta
+
+
+def _run_args(run_dir: Path) -> dict:
+    """The training run's arguments (var/embedding/<run>/args.json), for the manifest."""
+    path = run_dir / "args.json"
+    if not path.exists():
+        return {}
+    return {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items()
+            if k not in ("export", "export_only", "tune_colour", "data")}
 
 
 def tune_colour(features_dir: Path, data_dir: Path, *, batch_size: int = 16) -> dict:
