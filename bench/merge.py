@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from bench.postings import Catalogue  # noqa: E402
 from bench.shards import _count  # noqa: E402
 from index_daemon.merging import BackgroundMerger  # noqa: E402
-from shared.index.postings import IndexSnapshot  # noqa: E402
+from shared.index.snapshot import IndexSnapshot  # noqa: E402
 
 POLL_S = 0.2
 BATCH = 100

@@ -38,14 +38,10 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from shared.codes.binarize import binarize  # noqa: E402
 from shared.codes.hamming import hamming_distances, top_k  # noqa: E402
-from shared.index.postings import (  # noqa: E402
-    IndexSnapshot,
-    ItemArrays,
-    arrays_from_records,
-    arrays_from_rows,
-    colour_distances,
-    warm_up,
-)
+from shared.index.arrays import ItemArrays  # noqa: E402
+from shared.index.colours import colour_distances  # noqa: E402
+from shared.index.load import arrays_from_records, arrays_from_rows  # noqa: E402
+from shared.index.snapshot import IndexSnapshot, warm_up  # noqa: E402
 
 N_CATEGORIES = 19
 N_ATTRIBUTES = 90

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.postings import Catalogue  # noqa: E402
-from shared.index.postings import IndexSnapshot, warm_up  # noqa: E402
+from shared.index.snapshot import IndexSnapshot, warm_up  # noqa: E402
 from shared.index.shards import merge_hits  # noqa: E402
 
 K = 20

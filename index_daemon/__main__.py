@@ -19,7 +19,8 @@ def warm_up_all() -> None:
     paths of apply — before serving: a compile holds the GIL and would stall queries for seconds."""
     import numpy as np
 
-    from shared.index.postings import IndexSnapshot, ItemArrays, warm_up
+    from shared.index.arrays import ItemArrays
+    from shared.index.snapshot import IndexSnapshot, warm_up
     from shared.index.refine import warm_up as warm_up_refine
 
     warm_up()

@@ -1,6 +1,6 @@
 """Postgres -> ItemArrays: the bulk load of a generation's postings and the deltas of the change sequence.
 
-Rows become arrays in `shared.index.postings` only (load_items for the bulk load, items_from_cursor for deltas).
+Rows become arrays in `shared.index.load` only (load_items for the bulk load, items_from_cursor for deltas).
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from shared.index.postings import BULK_LOAD_SQL, ItemArrays, items_from_cursor, load_items
+from shared.index.arrays import ItemArrays
+from shared.index.load import BULK_LOAD_SQL, items_from_cursor, load_items
 from shared.index.shards import Shard
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-from shared.index.postings import IndexSnapshot, ItemArrays
+from shared.index.arrays import ItemArrays
+from shared.index.snapshot import IndexSnapshot
 from shared.index.refine import prepare as prepare_facets
 
 logger = logging.getLogger(__name__)

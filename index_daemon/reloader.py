@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from index_daemon import loader
 from index_daemon.holder import SnapshotHolder
 from index_daemon.merging import BackgroundMerger
-from shared.index.postings import IndexSnapshot
+from shared.index.snapshot import IndexSnapshot
 from shared.index.refine import prepare as prepare_facets
 from shared.index.shards import Shard
 

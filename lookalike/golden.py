@@ -65,7 +65,8 @@ class GoldenResult:
 def _snapshot(engine: Engine, generation_id: int):
     """The generation's postings as an in-memory snapshot (what the daemon would serve)."""
     from index_daemon.loader import _widths
-    from shared.index.postings import IndexSnapshot, load_items
+    from shared.index.load import load_items
+    from shared.index.snapshot import IndexSnapshot
 
     raw = engine.raw_connection()
     try:

@@ -2,27 +2,28 @@
 
 Codes are the uint8 (n, n_bytes) rows `shared.codes.binarize` produces. When n_bytes % 8 == 0 they are viewed (no
 copy) as uint64 words; for 256- and 512-bit codes 8 rows at a time are xored with the query and popcounted in 512-bit
-vectors (vpopcntq on AVX-512; LLVM lowers the same IR to whatever the host has), and one vector compare tells which
-of the 8 rows can enter the top-k at all. Other widths, including lengths that are not a multiple of 64 bits, take a
-scalar loop over words or bytes. The top-k keeps a small candidate buffer and a (distance, id) admission threshold
-that tightens at every compaction (a histogram over distances), so almost every row costs a popcount and one
-compare. Results are exact and ordered by (distance, id).
+vectors (shared.codes.simd), and one vector compare tells which of the 8 rows can enter the top-k at all. Other
+widths, including lengths that are not a multiple of 64 bits, take a scalar loop over words or bytes. The top-k keeps
+a small candidate buffer and a (score, id) admission threshold that tightens at every compaction, so almost every
+row costs a popcount and one compare. Results are exact and ordered by (score, id). Every variant (Hamming or
+blended with a colour L1, over a row range or a list of rows) is the one template `_scan`, and every public entry
+point checks its arguments with the one `_scan_args`.
 
-Why numba and not faiss: on this machine (2 cores, AVX-512) one thread does 1M x 256-bit top-100 in ~1.1 ms against
-faiss IndexBinaryFlat's ~1.4-1.6 ms in the same runs (bench/hamming.py), and a category range of a category-sorted
-index is a (start, stop) pair here, where faiss needs an ID selector and scans everything (0.26 ms vs ~6 ms).
-Compile: cache=True stores machine code next to this file (first compile ~20 s, later loads ~0.7 s, see warm_up).
+Why numba and not faiss: one thread beats faiss IndexBinaryFlat on 1M x 256 bits, and a category range of a
+category-sorted index is a (start, stop) pair here, where faiss needs an ID selector and scans everything (figures
+in bench/README.md, "Popcount kernel"). Compile: cache=True stores machine code next to this file (first compile
+~20 s, later loads ~0.7 s, see warm_up).
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
+
+from shared.codes.simd import aux_l1, group8, row_dist, tiled_query, vector_words
 
 __all__ = [
     "hamming_distances",
@@ -48,204 +49,9 @@ _EMPTY_I64 = np.empty(0, dtype=np.int64)
 _EMPTY_U8 = np.empty(0, dtype=np.uint8)
 
 
-@intrinsic
-def _popcount(typingctx, x):
-    """llvm.ctpop on any integer width; LLVM lowers it to popcnt / vpopcntq (AVX-512) when the host has them."""
-    if not isinstance(x, types.Integer):
-        return None
 
-    def codegen(context, builder, signature, args):
-        (val,) = args
-        fnty = ir.FunctionType(val.type, [val.type])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.ctpop.i{val.type.width}")
-        res = builder.call(fn, [val])
-        if val.type.width < 64:
-            res = builder.zext(res, ir.IntType(64))
-        return res
-
-    return types.int64(x), codegen
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _row_dist(q, codes, r):
-    s = 0
-    for w in range(q.shape[0]):
-        s += _popcount(codes[r, w] ^ q[w])
-    return s
-
-
-_I32 = ir.IntType(32)
-_I64 = ir.IntType(64)
-_V8I64 = ir.VectorType(_I64, 8)
-_V8I32 = ir.VectorType(_I32, 8)
-
-
-def _make_group8(nw: int, gather: bool):
-    """Build an intrinsic: distances of 8 rows at once in 512-bit vectors, for codes of nw (4 or 8) uint64 words.
-
-    Loads the 8 rows as nw vectors of 8 words (row-major), xors them with the tiled query, popcounts every word
-    (vpopcntq), then sums adjacent lanes pairwise log2(nw) times, which leaves one lane per row. Writes the 8 distances
-    to dbuf[0:8] and returns a bit mask of the rows with distance <= thr, so the caller skips whole groups with one
-    test. LLVM does not find this itself: numba's row loop stays scalar (4 popcnt per 256-bit row, ~2x slower).
-    `first` is the first row (contiguous) or the index of the first of 8 row numbers in `rows` (gather).
-    """
-    piece = min(nw, 8)
-
-    @intrinsic
-    def group8(typingctx, codes, first, rows, qt, thr, dbuf):
-        sig = types.int64(codes, first, rows, qt, thr, dbuf)
-
-        def codegen(context, builder, signature, args):
-            codes_v, first_v, rows_v, qt_v, thr_v, dbuf_v = args
-            codes_t, first_t, rows_t, qt_t, thr_t, dbuf_t = signature.args
-            # Only ever executed for uint64 codes (callers test itemsize); the cast keeps uint8 builds compiling.
-            data = builder.bitcast(context.make_array(codes_t)(context, builder, codes_v).data, _I64.as_pointer())
-            qdata = builder.bitcast(context.make_array(qt_t)(context, builder, qt_v).data, _I64.as_pointer())
-            ddata = context.make_array(dbuf_t)(context, builder, dbuf_v).data
-            first = context.cast(builder, first_v, first_t, types.int64)
-            n_words = ir.Constant(_I64, nw)
-            if gather:
-                rdata = context.make_array(rows_t)(context, builder, rows_v).data
-                row_ptrs = []
-                for t in range(8):
-                    r = builder.load(builder.gep(rdata, [builder.add(first, ir.Constant(_I64, t))]))
-                    r = context.cast(builder, r, rows_t.dtype, types.int64)
-                    row_ptrs.append(builder.gep(data, [builder.mul(r, n_words)]))
-            else:
-                start = builder.gep(data, [builder.mul(first, n_words)])
-            ctpop = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_V8I64, [_V8I64]), "llvm.ctpop.v8i64"
-            )
-            vecs = []
-            for v in range(nw):
-                if not gather:
-                    p = builder.gep(start, [ir.Constant(_I64, 8 * v)])
-                    x = builder.load(builder.bitcast(p, _V8I64.as_pointer()), align=1)
-                else:
-                    pieces = []
-                    for pc in range(8 // piece):
-                        lane = 8 * v + pc * piece
-                        p = builder.gep(row_ptrs[lane // nw], [ir.Constant(_I64, lane % nw)])
-                        if piece == 1:
-                            pieces.append(builder.load(p, align=1))
-                        else:
-                            vt = ir.VectorType(_I64, piece)
-                            pieces.append(builder.load(builder.bitcast(p, vt.as_pointer()), align=1))
-                    if piece == 1:
-                        x = ir.Constant(_V8I64, ir.Undefined)
-                        for i, s in enumerate(pieces):
-                            x = builder.insert_element(x, s, ir.Constant(_I32, i))
-                    else:
-                        size = piece
-                        while len(pieces) > 1:
-                            mask = ir.Constant(ir.VectorType(_I32, 2 * size), list(range(2 * size)))
-                            pieces = [
-                                builder.shuffle_vector(pieces[i], pieces[i + 1], mask)
-                                for i in range(0, len(pieces), 2)
-                            ]
-                            size *= 2
-                        x = pieces[0]
-                qp = builder.gep(qdata, [ir.Constant(_I64, (8 * v) % max(8, nw))])
-                qv = builder.load(builder.bitcast(qp, _V8I64.as_pointer()), align=1)
-                vecs.append(builder.call(ctpop, [builder.xor(x, qv)]))
-            even = ir.Constant(_V8I32, list(range(0, 16, 2)))
-            odd = ir.Constant(_V8I32, list(range(1, 16, 2)))
-            while len(vecs) > 1:
-                vecs = [
-                    builder.add(
-                        builder.shuffle_vector(vecs[i], vecs[i + 1], even),
-                        builder.shuffle_vector(vecs[i], vecs[i + 1], odd),
-                    )
-                    for i in range(0, len(vecs), 2)
-                ]
-            s = vecs[0]
-            builder.store(builder.trunc(s, _V8I32), builder.bitcast(ddata, _V8I32.as_pointer()), align=1)
-            thr = context.cast(builder, thr_v, thr_t, types.int64)
-            splat = builder.insert_element(ir.Constant(_V8I64, ir.Undefined), thr, ir.Constant(_I32, 0))
-            splat = builder.shuffle_vector(splat, ir.Constant(_V8I64, ir.Undefined), ir.Constant(_V8I32, [0] * 8))
-            m = builder.icmp_signed("<=", s, splat)
-            return builder.zext(builder.bitcast(m, ir.IntType(8)), _I64)
-
-        return sig, codegen
-
-    return group8
-
-
-# Vector paths for 256- and 512-bit codes only: each variant is compiled into every kernel specialisation, and other
-# widths (128, 1024 bits, odd lengths) are rare enough for the scalar loop.
-_G4, _G8 = (_make_group8(w, False) for w in (4, 8))
-_G4R, _G8R = (_make_group8(w, True) for w in (4, 8))
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _vector_words(q):
-    # Word counts with a vector path; everything else (odd byte lengths included) takes the scalar loop.
-    nw = q.shape[0]
-    return q.itemsize == 8 and (nw == 4 or nw == 8)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _group8(codes, first, rows, use_rows, qt, thr, dbuf):
-    if use_rows:
-        if codes.shape[1] == 4:
-            return _G4R(codes, first, rows, qt, thr, dbuf)
-        return _G8R(codes, first, rows, qt, thr, dbuf)
-    if codes.shape[1] == 4:
-        return _G4(codes, first, rows, qt, thr, dbuf)
-    return _G8(codes, first, rows, qt, thr, dbuf)
-
-
-_V64I8 = ir.VectorType(ir.IntType(8), 64)
-_V64I16 = ir.VectorType(ir.IntType(16), 64)
-
-
-@intrinsic
-def _l1_x64(typingctx, aux, r, aux_q64):
-    """Sum of |aux[r, b] - aux_q64[b]| over the row's n_aux <= 64 bytes with one 64-byte load (bytes past the row
-    are masked to 0). The caller guarantees the 64 bytes from the row start lie inside aux."""
-    sig = types.int64(aux, r, aux_q64)
-
-    def codegen(context, builder, signature, args):
-        aux_v, r_v, q_v = args
-        aux_t, r_t, q_t = signature.args
-        arr = context.make_array(aux_t)(context, builder, aux_v)
-        width = builder.extract_value(arr.shape, 1)
-        data = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
-        r64 = context.cast(builder, r_v, r_t, types.int64)
-        row = builder.gep(data, [builder.mul(r64, width)])
-        x = builder.load(builder.bitcast(row, _V64I8.as_pointer()), align=1)
-        qdata = builder.bitcast(context.make_array(q_t)(context, builder, q_v).data, _V64I8.as_pointer())
-        qv = builder.load(qdata, align=1)
-        lanes = ir.Constant(_V64I16, list(range(64)))
-        w16 = builder.trunc(width, ir.IntType(16))
-        splat = builder.insert_element(ir.Constant(_V64I16, ir.Undefined), w16, ir.Constant(_I32, 0))
-        splat = builder.shuffle_vector(splat, ir.Constant(_V64I16, ir.Undefined),
-                                       ir.Constant(ir.VectorType(_I32, 64), [0] * 64))
-        inside = builder.icmp_unsigned("<", lanes, splat)
-        xa = builder.select(inside, builder.zext(x, _V64I16), ir.Constant(_V64I16, [0] * 64))
-        qa = builder.zext(qv, _V64I16)
-        d = builder.sub(xa, qa)
-        neg = builder.icmp_signed("<", d, ir.Constant(_V64I16, [0] * 64))
-        d = builder.select(neg, builder.sub(ir.Constant(_V64I16, [0] * 64), d), d)
-        reduce = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.IntType(16), [_V64I16]), "llvm.vector.reduce.add.v64i16"
-        )
-        return builder.zext(builder.call(reduce, [d]), _I64)
-
-    return sig, codegen
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _aux_l1(aux_q, aux, r):
-    # aux_q is zero-padded to >= 64 bytes. The 64-byte vector load may read into the following rows (masked off),
-    # so it is used only where those bytes still belong to aux; the last few rows take the scalar loop.
-    m = aux.shape[1]
-    if m <= 64 and r * m + 64 <= aux.shape[0] * m:
-        return _l1_x64(aux, r, aux_q)
-    l1 = 0
-    for b in range(m):
-        l1 += abs(np.int32(aux[r, b]) - np.int32(aux_q[b]))
-    return l1
+# ---------------------------------------------------------------------------------------------------------------------
+# Kernels: one scan template, instantiated for (Hamming | blended score) x (a row range | a list of rows).
 
 
 @njit(cache=True, nogil=True)
@@ -288,124 +94,6 @@ def _compact(cd, cr, cnt, kk, ids, use_ids, hist):
             cr[out] = cr[i]
             out += 1
     return out, t, id_cut
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _tiled_query(q):
-    # The query repeated to fill whole 8-word vectors (or q itself when it is already >= 8 words).
-    nw = q.shape[0]
-    qt = np.empty(max(8, nw), dtype=q.dtype)
-    for i in range(qt.shape[0]):
-        qt[i] = q[i % nw]
-    return qt
-
-
-@njit(cache=True, nogil=True)
-def _finish(cd, cr, cnt, kk, ids, use_ids, hist):
-    """Exactly the top-kk candidates, unordered; the caller orders them with np.lexsort (numba's argsort would add
-    seconds to the first compile for a sort of ~k items)."""
-    if cnt > kk:
-        cnt, _, _ = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
-    return cd[:cnt].copy(), cr[:cnt].copy()
-
-
-@njit(cache=True, nogil=True)
-def _top_k_range(q, codes, start, stop, k, ids, use_ids, exclude, use_exclude):
-    """Top-k of codes[start:stop] by (distance, id) -> (dists int32 (k',), rows int64 (k',))."""
-    kk = min(k, stop - start)
-    if kk <= 0:
-        return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64)
-    max_d = q.shape[0] * q.itemsize * 8
-    cd = np.empty(max(2 * kk, _MIN_CAP), dtype=np.int32)
-    cr = np.empty(cd.shape[0], dtype=np.int64)
-    hist = np.empty(max_d + 1, dtype=np.int64)
-    dbuf = np.empty(8, dtype=np.int32)
-    no_rows = np.empty(0, dtype=np.int32)
-    cnt = 0
-    thr = max_d + 1
-    thr_id = 0
-    j = start
-    if _vector_words(q):
-        qt = _tiled_query(q)
-        while j + 8 <= stop:
-            m = _group8(codes, j, no_rows, False, qt, thr, dbuf)
-            if m != 0:
-                for t in range(8):
-                    d = dbuf[t]
-                    r = j + t
-                    # Admission, written out in each loop (numba did not inline a helper; calls cost ~25 ns/row):
-                    # d < thr, or d == thr and id < thr_id, and not excluded. Until the buffer first fills thr is
-                    # max_d + 1; after each compaction (thr, thr_id) is the k-th best so far.
-                    if (m >> t) & 1 and (d < thr or (d == thr and (ids[r] if use_ids else r) < thr_id)) and (
-                        not use_exclude or exclude[r] == 0
-                    ):
-                        cd[cnt] = d
-                        cr[cnt] = r
-                        cnt += 1
-                        if cnt == cd.shape[0]:
-                            cnt, thr, thr_id = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
-            j += 8
-    while j < stop:
-        d = _row_dist(q, codes, j)
-        if (d < thr or (d == thr and (ids[j] if use_ids else j) < thr_id)) and (not use_exclude or exclude[j] == 0):
-            cd[cnt] = d
-            cr[cnt] = j
-            cnt += 1
-            if cnt == cd.shape[0]:
-                cnt, thr, thr_id = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
-        j += 1
-    return _finish(cd, cr, cnt, kk, ids, use_ids, hist)
-
-
-@njit(cache=True, nogil=True)
-def _top_k_rows(q, codes, rows, start, stop, k, ids, use_ids, exclude, use_exclude):
-    """Top-k of the rows listed in rows[start:stop] -> (dists, rows, ok); ok is False when a row is out of range."""
-    kk = min(k, stop - start)
-    if kk <= 0:
-        return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64), True
-    n = codes.shape[0]
-    # One pass over the row numbers first: numba does not bounds-check, and the gather must never read past codes.
-    for j in range(start, stop):
-        if rows[j] < 0 or rows[j] >= n:
-            return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64), False
-    max_d = q.shape[0] * q.itemsize * 8
-    cd = np.empty(max(2 * kk, _MIN_CAP), dtype=np.int32)
-    cr = np.empty(cd.shape[0], dtype=np.int64)
-    hist = np.empty(max_d + 1, dtype=np.int64)
-    dbuf = np.empty(8, dtype=np.int32)
-    cnt = 0
-    thr = max_d + 1
-    thr_id = 0
-    j = start
-    if _vector_words(q):
-        qt = _tiled_query(q)
-        while j + 8 <= stop:
-            m = _group8(codes, j, rows, True, qt, thr, dbuf)
-            if m != 0:
-                for t in range(8):
-                    d = dbuf[t]
-                    r = rows[j + t]
-                    if (m >> t) & 1 and (d < thr or (d == thr and (ids[r] if use_ids else r) < thr_id)) and (
-                        not use_exclude or exclude[r] == 0
-                    ):
-                        cd[cnt] = d
-                        cr[cnt] = r
-                        cnt += 1
-                        if cnt == cd.shape[0]:
-                            cnt, thr, thr_id = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
-            j += 8
-    while j < stop:
-        r = rows[j]
-        d = _row_dist(q, codes, r)
-        if (d < thr or (d == thr and (ids[r] if use_ids else r) < thr_id)) and (not use_exclude or exclude[r] == 0):
-            cd[cnt] = d
-            cr[cnt] = r
-            cnt += 1
-            if cnt == cd.shape[0]:
-                cnt, thr, thr_id = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
-        j += 1
-    out_d, out_r = _finish(cd, cr, cnt, kk, ids, use_ids, hist)
-    return out_d, out_r, True
 
 
 @njit(cache=True, nogil=True)
@@ -452,14 +140,6 @@ def _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids):
     return out, kth, id_cut
 
 
-@njit(cache=True, nogil=True)
-def _finish_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids):
-    """Exactly the best min(cnt, kk) blended candidates, unordered (ordered by the caller, as in _finish)."""
-    if cnt > kk:
-        cnt, _, _ = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
-    return cs[:cnt].copy(), cd[:cnt].copy(), cl[:cnt].copy(), cr[:cnt].copy()
-
-
 @njit(cache=True, nogil=True, inline="always")
 def _d_bound(thr, w_d, max_d):
     # Largest distance that can still beat the k-th blended score (the aux term is >= 0); +1 absorbs rounding.
@@ -469,85 +149,131 @@ def _d_bound(thr, w_d, max_d):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _blend_scan(
-    q, codes, rows, use_rows, start, stop, k, aux_q, aux, w_d, w_l, l1_cap, ids, use_ids, exclude, use_exclude
-):
-    """Exact top-k by w_d * hamming + w_l * L1(aux), ties by id -> (scores f64, dists i32, l1 i32, rows i64)."""
+def _scan(q, codes, rows, use_rows, start, stop, k, blended, aux_q, aux, w_d, w_l, l1_cap, ids, use_ids, exclude,
+          use_exclude):
+    """The one scan: exact top-k of codes[start:stop] (use_rows False) or of the rows listed in rows[start:stop], by
+    (score, id), where score = the Hamming distance (blended False) or w_d * hamming + w_l * min(L1(aux), l1_cap).
+
+    Returns (scores f64, dists i32, l1 i32, rows i64, ok), unordered (the caller orders them with np.lexsort; numba's
+    argsort would add seconds to the first compile for a sort of ~k items); scores and l1 are empty when not blended;
+    ok is False when a listed row is out of range. Inlined into each entry point with use_rows and blended constant,
+    so LLVM drops the branches a variant does not take.
+
+    Admission, written out in the loops (numba did not inline a helper; calls cost ~25 ns/row): score < thr, or
+    score == thr and id < thr_id, and not excluded. Until the buffer first fills thr is above every score; after each
+    compaction (thr, thr_id) is the k-th best so far, and `bound` the largest distance that can still enter, which
+    the 8-row vector compare tests so that almost every group costs a popcount and one compare.
+    """
     kk = min(k, stop - start)
+    empty = (np.empty(0, np.float64), np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int64))
     if kk <= 0:
-        return np.empty(0, np.float64), np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int64)
+        return empty[0], empty[1], empty[2], empty[3], True
+    if use_rows:
+        # One pass over the row numbers first: numba does not bounds-check, and the gather must never read past codes.
+        n = codes.shape[0]
+        for j in range(start, stop):
+            if rows[j] < 0 or rows[j] >= n:
+                return empty[0], empty[1], empty[2], empty[3], False
     max_d = q.shape[0] * q.itemsize * 8
     cap = max(2 * kk, _MIN_CAP)
-    cs = np.empty(cap, dtype=np.float64)
     cd = np.empty(cap, dtype=np.int32)
-    cl = np.empty(cap, dtype=np.int32)
     cr = np.empty(cap, dtype=np.int64)
+    cs = np.empty(cap if blended else 0, dtype=np.float64)
+    cl = np.empty(cap if blended else 0, dtype=np.int32)
+    hist = np.empty(0 if blended else max_d + 1, dtype=np.int64)
     dbuf = np.empty(8, dtype=np.int32)
     cnt = 0
     thr = np.inf
     thr_id = 0
+    bound = max_d + 1
     j = start
-    if _vector_words(q):
-        qt = _tiled_query(q)
+    if vector_words(q):
+        qt = tiled_query(q)
         while j + 8 <= stop:
-            # Rows whose Hamming term alone already exceeds the k-th score are skipped without touching aux.
-            m = _group8(codes, j, rows, use_rows, qt, _d_bound(thr, w_d, max_d), dbuf)
+            m = group8(codes, j, rows, use_rows, qt, bound, dbuf)
             if m != 0:
                 for t in range(8):
                     if (m >> t) & 1:
                         r = rows[j + t] if use_rows else j + t
-                        l1 = _aux_l1(aux_q, aux, r)
-                        s = w_d * dbuf[t] + w_l * min(float(l1), l1_cap)
-                        # Same admission rule as _top_k_range, on the blended score; written out for the same reason.
+                        d = dbuf[t]
+                        l1 = aux_l1(aux_q, aux, r) if blended else 0
+                        s = w_d * d + w_l * min(float(l1), l1_cap) if blended else float(d)
                         if (s < thr or (s == thr and (ids[r] if use_ids else r) < thr_id)) and (
                             not use_exclude or exclude[r] == 0
                         ):
-                            cs[cnt] = s
-                            cd[cnt] = dbuf[t]
-                            cl[cnt] = l1
+                            cd[cnt] = d
                             cr[cnt] = r
+                            if blended:
+                                cs[cnt] = s
+                                cl[cnt] = l1
                             cnt += 1
-                            if cnt == cs.shape[0]:
-                                cnt, thr, thr_id = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
+                            if cnt == cap:
+                                if blended:
+                                    cnt, thr, thr_id = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
+                                    bound = _d_bound(thr, w_d, max_d)
+                                else:
+                                    cnt, t_d, thr_id = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
+                                    thr, bound = float(t_d), t_d
             j += 8
     while j < stop:
         r = rows[j] if use_rows else j
-        d = _row_dist(q, codes, r)
-        if d <= _d_bound(thr, w_d, max_d):
-            l1 = _aux_l1(aux_q, aux, r)
-            s = w_d * d + w_l * min(float(l1), l1_cap)
+        d = row_dist(q, codes, r)
+        if d <= bound:
+            l1 = aux_l1(aux_q, aux, r) if blended else 0
+            s = w_d * d + w_l * min(float(l1), l1_cap) if blended else float(d)
             if (s < thr or (s == thr and (ids[r] if use_ids else r) < thr_id)) and (not use_exclude or exclude[r] == 0):
-                cs[cnt] = s
                 cd[cnt] = d
-                cl[cnt] = l1
                 cr[cnt] = r
+                if blended:
+                    cs[cnt] = s
+                    cl[cnt] = l1
                 cnt += 1
-                if cnt == cs.shape[0]:
-                    cnt, thr, thr_id = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
+                if cnt == cap:
+                    if blended:
+                        cnt, thr, thr_id = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
+                        bound = _d_bound(thr, w_d, max_d)
+                    else:
+                        cnt, t_d, thr_id = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
+                        thr, bound = float(t_d), t_d
         j += 1
-    return _finish_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
+    if cnt > kk:
+        if blended:
+            cnt, _, _ = _compact_blend(cs, cd, cl, cr, cnt, kk, ids, use_ids)
+        else:
+            cnt, _, _ = _compact(cd, cr, cnt, kk, ids, use_ids, hist)
+    if blended:
+        return cs[:cnt].copy(), cd[:cnt].copy(), cl[:cnt].copy(), cr[:cnt].copy(), True
+    return empty[0], cd[:cnt].copy(), empty[2], cr[:cnt].copy(), True
+
+
+# The four variants. A Hamming scan passes placeholder side vectors (never read: blended is False).
+
+
+@njit(cache=True, nogil=True)
+def _top_k_range(q, codes, start, stop, k, ids, use_ids, exclude, use_exclude):
+    _, d, _, r, _ = _scan(q, codes, np.empty(0, np.int32), False, start, stop, k, False, np.zeros(64, np.uint8),
+                          np.zeros((1, 1), np.uint8), 0.0, 0.0, 0.0, ids, use_ids, exclude, use_exclude)
+    return d, r
+
+
+@njit(cache=True, nogil=True)
+def _top_k_rows(q, codes, rows, start, stop, k, ids, use_ids, exclude, use_exclude):
+    _, d, _, r, ok = _scan(q, codes, rows, True, start, stop, k, False, np.zeros(64, np.uint8),
+                           np.zeros((1, 1), np.uint8), 0.0, 0.0, 0.0, ids, use_ids, exclude, use_exclude)
+    return d, r, ok
 
 
 @njit(cache=True, nogil=True)
 def _blend_range(q, codes, start, stop, k, aux_q, aux, w_d, w_l, l1_cap, ids, use_ids, exclude, use_exclude):
-    no_rows = np.empty(0, dtype=np.int32)
-    return _blend_scan(
-        q, codes, no_rows, False, start, stop, k, aux_q, aux, w_d, w_l, l1_cap, ids, use_ids, exclude, use_exclude
-    )
+    s, d, l1, r, _ = _scan(q, codes, np.empty(0, np.int32), False, start, stop, k, True, aux_q, aux, w_d, w_l, l1_cap, ids,
+                           use_ids, exclude, use_exclude)
+    return s, d, l1, r
 
 
 @njit(cache=True, nogil=True)
 def _blend_rows(q, codes, rows, start, stop, k, aux_q, aux, w_d, w_l, l1_cap, ids, use_ids, exclude, use_exclude):
-    n = codes.shape[0]
-    for j in range(start, stop):
-        if rows[j] < 0 or rows[j] >= n:
-            return (
-                np.empty(0, np.float64), np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int64), False
-            )
-    s, d, l1, r = _blend_scan(
-        q, codes, rows, True, start, stop, k, aux_q, aux, w_d, w_l, l1_cap, ids, use_ids, exclude, use_exclude
-    )
-    return s, d, l1, r, True
+    return _scan(q, codes, rows, True, start, stop, k, True, aux_q, aux, w_d, w_l, l1_cap, ids, use_ids, exclude,
+                 use_exclude)
 
 
 @njit(cache=True, nogil=True)
@@ -556,14 +282,14 @@ def _distances_kernel(q, codes, out):
     rows = np.empty(0, dtype=np.int32)
     dbuf = np.empty(8, dtype=np.int32)
     j = 0
-    if _vector_words(q):
-        qt = _tiled_query(q)
+    if vector_words(q):
+        qt = tiled_query(q)
         while j + 8 <= n:
-            _group8(codes, j, rows, False, qt, 0, dbuf)
+            group8(codes, j, rows, False, qt, 0, dbuf)
             out[j : j + 8] = dbuf
             j += 8
     while j < n:
-        out[j] = _row_dist(q, codes, j)
+        out[j] = row_dist(q, codes, j)
         j += 1
 
 
@@ -651,12 +377,39 @@ def _order(primary: np.ndarray, rows: np.ndarray, ids: np.ndarray | None) -> np.
     return np.lexsort((rows if ids is None else ids[rows], primary))
 
 
-def _prepared(q: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class _Scan(NamedTuple):
+    k: int
+    q: np.ndarray  # the query as uint64 words when the codes are
+    codes: np.ndarray  # the codes as uint64 words when n_bytes % 8 == 0
+    rows: np.ndarray
+    ids: np.ndarray
+    use_ids: bool
+    exclude: np.ndarray
+    use_exclude: bool
+    start: int
+    stop: int
+
+
+def _scan_args(
+    q: np.ndarray, codes: np.ndarray, k: int, rows: np.ndarray | None, ids: np.ndarray | None,
+    exclude: np.ndarray | None, start: int, stop: int | None,
+) -> _Scan:
+    """The one argument check of every scan entry point: raise on anything the kernels must not see, else the
+    arguments in the kernels' form."""
+    k = _check_k(k)
     check_codes(codes)
     check_query(q, codes.shape[1])
     words = as_words(codes)
     qw = np.ascontiguousarray(q).view(words.dtype) if words.dtype == np.uint64 else np.ascontiguousarray(q)
-    return qw, words
+    n = codes.shape[0]
+    rows_a = _check_rows(rows)
+    ids_a = _check_ids(ids, n)
+    excl_a = _check_exclude(exclude, n)
+    total = rows_a.shape[0] if rows is not None else n
+    stop = total if stop is None else stop
+    if not 0 <= start <= stop <= total:
+        raise ValueError(f"need 0 <= start <= stop <= {total}, got start={start}, stop={stop}")
+    return _Scan(k, qw, words, rows_a, ids_a, ids is not None, excl_a, exclude is not None, int(start), int(stop))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -668,9 +421,9 @@ def hamming_distances(q: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
     q: uint8 (n_bytes,), codes: uint8 (n, n_bytes) C-contiguous -> dists: int32 (n,).
     """
-    qw, words = _prepared(q, codes)
+    a = _scan_args(q, codes, 0, None, None, None, 0, None)
     out = np.empty(codes.shape[0], dtype=np.int32)
-    _distances_kernel(qw, words, out)
+    _distances_kernel(a.q, a.codes, out)
     return out
 
 
@@ -698,27 +451,17 @@ def top_k(
     min(k, rows scanned that are not excluded). A row listed twice in `rows` is scanned, and can be reported, twice
     (as top_k_reference does); posting lists are duplicate-free.
     """
-    k = _check_k(k)
-    qw, words = _prepared(q, codes)
-    n = codes.shape[0]
-    rows_a = _check_rows(rows)
-    ids_a = _check_ids(ids, n)
-    excl_a = _check_exclude(exclude, n)
-    total = rows_a.shape[0] if rows is not None else n
-    stop = total if stop is None else stop
-    if not 0 <= start <= stop <= total:
-        raise ValueError(f"need 0 <= start <= stop <= {total}, got start={start}, stop={stop}")
+    a = _scan_args(q, codes, k, rows, ids, exclude, start, stop)
     if rows is None:
-        dists, idx = _top_k_range(qw, words, start, stop, k, ids_a, ids is not None, excl_a, exclude is not None)
+        dists, idx = _top_k_range(a.q, a.codes, a.start, a.stop, a.k, a.ids, a.use_ids, a.exclude, a.use_exclude)
     else:
         dists, idx, ok = _top_k_rows(
-            qw, words, rows_a, start, stop, k, ids_a, ids is not None, excl_a, exclude is not None
+            a.q, a.codes, a.rows, a.start, a.stop, a.k, a.ids, a.use_ids, a.exclude, a.use_exclude
         )
         if not ok:
-            raise IndexError(f"rows must be in [0, {n}), got a row out of range")
+            raise IndexError(f"rows must be in [0, {codes.shape[0]}), got a row out of range")
     order = _order(dists, idx, ids)
     return dists[order], idx[order]
-    return dists, idx
 
 
 def top_k_blended(
@@ -747,8 +490,7 @@ def top_k_blended(
     small weight costs little more than top_k. Returns scores: float64 (k',), dists: int32 (k',), l1: int32 (k',),
     idx: int64 (k',) -- row numbers, sorted by (score, id).
     """
-    k = _check_k(k)
-    qw, words = _prepared(q, codes)
+    a = _scan_args(q, codes, k, rows, ids, exclude, start, stop)
     n = codes.shape[0]
     if not isinstance(aux_q, np.ndarray) or aux_q.dtype != np.uint8 or aux_q.ndim != 1:
         raise TypeError(f"aux_q must be a uint8 (m,) array, got {getattr(aux_q, 'dtype', type(aux_q).__name__)}")
@@ -759,25 +501,17 @@ def top_k_blended(
         raise ValueError(f"weight must be in [0, 1], got {weight}")
     if n_bits <= 0 or aux_scale <= 0:
         raise ValueError(f"n_bits and aux_scale must be positive, got {n_bits}, {aux_scale}")
-    rows_a = _check_rows(rows)
-    ids_a = _check_ids(ids, n)
-    excl_a = _check_exclude(exclude, n)
-    total = rows_a.shape[0] if rows is not None else n
-    stop = total if stop is None else stop
-    if not 0 <= start <= stop <= total:
-        raise ValueError(f"need 0 <= start <= stop <= {total}, got start={start}, stop={stop}")
     w_d = (1.0 - float(weight)) / float(n_bits)
     w_l = float(weight) / float(aux_scale)
     cap = float(aux_scale)
     aq = np.zeros(max(64, aux_q.shape[0]), dtype=np.uint8)  # zero-padded for the 64-byte vector L1
     aq[: aux_q.shape[0]] = aux_q
-    use_ids, use_excl = ids is not None, exclude is not None
     if rows is None:
-        s, d, l1, r = _blend_range(qw, words, start, stop, k, aq, aux, w_d, w_l, cap, ids_a, use_ids, excl_a, use_excl)
+        s, d, l1, r = _blend_range(a.q, a.codes, a.start, a.stop, a.k, aq, aux, w_d, w_l, cap, a.ids, a.use_ids,
+                                   a.exclude, a.use_exclude)
     else:
-        s, d, l1, r, ok = _blend_rows(
-            qw, words, rows_a, start, stop, k, aq, aux, w_d, w_l, cap, ids_a, use_ids, excl_a, use_excl
-        )
+        s, d, l1, r, ok = _blend_rows(a.q, a.codes, a.rows, a.start, a.stop, a.k, aq, aux, w_d, w_l, cap, a.ids,
+                                      a.use_ids, a.exclude, a.use_exclude)
         if not ok:
             raise IndexError(f"rows must be in [0, {n}), got a row out of range")
     order = _order(s, r, ids)
@@ -812,30 +546,23 @@ def top_k_parallel(
     (distance, id) order), then the k' best are merged here. Plain Python threads over the GIL-free kernel rather than
     numba prange: any number of request threads may call this at once, which numba's workqueue layer does not allow.
     """
-    k = _check_k(k)
-    qw, words = _prepared(q, codes)
-    n = codes.shape[0]
-    ids_a = _check_ids(ids, n)
-    excl_a = _check_exclude(exclude, n)
-    stop = n if stop is None else stop
-    if not 0 <= start <= stop <= n:
-        raise ValueError(f"need 0 <= start <= stop <= {n}, got start={start}, stop={stop}")
-    n_threads = max(1, min(int(n_threads), (stop - start) // _MIN_ROWS_PER_THREAD))
+    a = _scan_args(q, codes, k, None, ids, exclude, start, stop)
+    n_threads = max(1, min(int(n_threads), (a.stop - a.start) // _MIN_ROWS_PER_THREAD))
     if n_threads == 1:
         return top_k(q, codes, k, ids=ids, exclude=exclude, start=start, stop=stop)
-    bounds = np.linspace(start, stop, n_threads + 1).astype(np.int64)
-    use_ids, use_excl = ids is not None, exclude is not None
+    bounds = np.linspace(a.start, a.stop, n_threads + 1).astype(np.int64)
 
     def one(i: int) -> tuple[np.ndarray, np.ndarray]:
-        return _top_k_range(qw, words, int(bounds[i]), int(bounds[i + 1]), k, ids_a, use_ids, excl_a, use_excl)
+        return _top_k_range(a.q, a.codes, int(bounds[i]), int(bounds[i + 1]), a.k, a.ids, a.use_ids, a.exclude,
+                            a.use_exclude)
 
     # The calling thread scans the last slice itself, so one request never waits on a busy pool for all of its work.
     futures = [_pool().submit(one, i) for i in range(n_threads - 1)]
     parts = [one(n_threads - 1)] + [f.result() for f in futures]
     d = np.concatenate([p[0] for p in parts])
     r = np.concatenate([p[1] for p in parts])
-    key = ids_a[r] if use_ids else r
-    order = np.lexsort((key, d))[:k]
+    key = a.ids[r] if a.use_ids else r
+    order = np.lexsort((key, d))[:a.k]
     return d[order], r[order]
 
 

@@ -130,7 +130,7 @@ class IndexGeneration(Base):
 
 class Posting(Base):
     """What the daemon loads: per (generation, listing) the category, attribute ids, binary code and colour
-    histogram, in exactly the packing `shared.codes` and `shared.index.postings` use."""
+    histogram, in exactly the packing `shared.codes` and `shared.index.colours` use."""
 
     __tablename__ = "postings"
     __table_args__ = (Index("ix_postings_generation_category", "generation_id", "category_id"),)

@@ -8,7 +8,7 @@ import numpy as np
 import requests
 
 from shared.errors import Unavailable, VersionMismatch
-from shared.index.postings import Hit  # the daemon's hits, rebuilt from JSON on this side
+from shared.index.results import Hit  # the daemon's hits, rebuilt from JSON on this side
 
 
 @dataclass(frozen=True)

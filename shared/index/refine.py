@@ -22,13 +22,14 @@ from typing import Sequence
 import numpy as np
 from numba import njit
 
-from shared.index.postings import IndexSnapshot, SearchResult
+from shared.index.colours import COLOUR_L1_SCALE as _L1_SCALE
+from shared.index.results import SearchResult
+from shared.index.snapshot import IndexSnapshot
 
 __all__ = ["Refinement", "Facets", "RefinedResult", "MAX_FACET_DEPTH", "constraint_rows", "refined_search",
            "prepare", "warm_up"]
 
 MAX_FACET_DEPTH = 1000
-_L1_SCALE = 510.0  # the quantised colours' half-L1 scale (shared.index.postings)
 
 
 @dataclass(frozen=True)

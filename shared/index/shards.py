@@ -3,7 +3,7 @@
 A shard i of N owns the listings with listing_id % N == i. Every shard daemon follows the same change sequence and
 keeps only its own listings, so any shard is rebuilt from Postgres alone. A listing's score does not depend on which
 daemon holds it, so the global ranking is the merge of each shard's top (offset + k) by (score, listing id): the
-order one daemon ranks by (shared.index.postings.IndexSnapshot.search, ties broken by listing id).
+order one daemon ranks by (shared.index.snapshot.IndexSnapshot.search, ties broken by listing id).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from shared.errors import Unavailable, VersionMismatch
 from shared.index.client import IndexClient, SearchReply
-from shared.index.postings import Hit
+from shared.index.results import Hit
 
 MAX_PAGE = 1000  # the most hits one daemon call returns (index_daemon/server.py)
 
@@ -45,7 +45,7 @@ class Shard:
         return [i for i in listing_ids if int(i) % self.count == self.index]
 
     def bulk_sql(self, sql: str) -> str:
-        """The bulk-load query (shared.index.postings.BULK_LOAD_SQL) restricted to this shard's listings."""
+        """The bulk-load query (shared.index.load.BULK_LOAD_SQL) restricted to this shard's listings."""
         anchor = "listing_id > %(after)s"
         if anchor not in sql:
             raise ValueError("the bulk-load query has no keyset condition to restrict")

@@ -34,7 +34,7 @@ from PIL import Image
 from torch import nn
 
 from shared.codes.binarize import binarize, n_bytes_for
-from shared.index.postings import quantize_colours  # noqa: F401 - the one RAM form of colours
+from shared.index.colours import quantize_colours  # noqa: F401 - the one RAM form of colours
 from shared.vision import presets
 from shared.vision.foreground import BORDER_FRAC, foreground_mask  # noqa: F401 - re-exported for callers
 

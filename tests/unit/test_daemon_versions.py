@@ -6,7 +6,7 @@ import numpy as np
 
 from index_daemon.holder import SnapshotHolder
 from index_daemon.server import create_daemon_app
-from shared.index.postings import IndexSnapshot
+from shared.index.snapshot import IndexSnapshot
 
 
 def _snapshot(generation: int) -> IndexSnapshot:

@@ -4,18 +4,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.index.postings import (
+from shared.index.arrays import ItemArrays
+from shared.index.colours import colour_distances, quantize_colours
+from shared.index.load import (
     BULK_LOAD_SQL,
-    IndexSnapshot,
-    ItemArrays,
     arrays_from_columns,
     arrays_from_records,
     arrays_from_rows,
-    colour_distances,
     items_from_cursor,
     load_items,
-    quantize_colours,
 )
+from shared.index.snapshot import IndexSnapshot
 
 N_BINS = 52
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.index.postings import IndexSnapshot, ItemArrays, quantize_colours
+from shared.index.arrays import ItemArrays
+from shared.index.colours import quantize_colours
+from shared.index.snapshot import IndexSnapshot
 from shared.index.refine import Refinement, constraint_rows, refined_search
 
 N_BYTES, N_BINS, N_ATTR = 32, 12, 15

@@ -7,7 +7,7 @@ import pytest
 
 from index_daemon.holder import SnapshotHolder
 from index_daemon.server import create_daemon_app
-from shared.index.postings import IndexSnapshot
+from shared.index.snapshot import IndexSnapshot
 
 
 @pytest.fixture(scope="module")

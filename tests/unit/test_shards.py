@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.index.postings import BULK_LOAD_SQL, IndexSnapshot
+from shared.index.load import BULK_LOAD_SQL
+from shared.index.snapshot import IndexSnapshot
 from shared.index.refine import Refinement, refined_search
 from shared.index.shards import Shard, merge_facets, merge_hits
 

@@ -68,7 +68,7 @@ def evaluate(data_dir: Path, *, split: str, colour_weights: tuple[float, ...], l
              batch: int) -> dict:
     from api.refine import TARGET_COLOUR_WEIGHT
     from shared.colours import SWATCHES, colour_histogram_of
-    from shared.index.postings import IndexSnapshot
+    from shared.index.snapshot import IndexSnapshot
     from shared.index.refine import Refinement, refined_search
     from shared.taxonomy import load_taxonomy
     from shared.taxonomy.labels import load_labeled
