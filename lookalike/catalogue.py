@@ -18,6 +18,8 @@ from shared.db.models import Listing
 from shared.db.session import make_engine
 
 SAMPLE_CSV = REPO_ROOT / "sample" / "catalog.csv"
+# How long one listing is re-sent while the API answers "busy" (503 / 429 + Retry-After) before it counts as rejected.
+BUSY_RETRY_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -61,19 +63,34 @@ def rows_for(*, data: str | None, catalog: str | None, limit: int | None) -> lis
     return rows[:limit] if limit else rows
 
 
+def _retry_after_s(response: requests.Response) -> float:
+    try:
+        return min(max(float(response.headers.get("Retry-After", 1)), 0.1), 10.0)
+    except ValueError:
+        return 1.0
+
+
 def _post(api_url: str, row: CatalogueRow) -> tuple[CatalogueRow, int | None, str]:
     form = {"seller_id": row.seller_id, "external_id": row.external_id, "title": row.title,
             "description": row.description}
     if row.category:
         form["category"] = row.category
     try:
-        with open(row.image_path, "rb") as fh:
-            r = requests.post(f"{api_url}/v1/listings", data=form, files={"image": (row.image_path.name, fh)},
-                              timeout=60)
+        image = row.image_path.read_bytes()
     except OSError as exc:
         return row, None, f"cannot read {row.image_path}: {exc}"
-    except requests.RequestException as exc:
-        return row, None, f"API unreachable: {exc}"
+    deadline = time.monotonic() + BUSY_RETRY_S
+    while True:
+        try:
+            r = requests.post(f"{api_url}/v1/listings", data=form, files={"image": (row.image_path.name, image)},
+                              timeout=60)
+        except requests.RequestException as exc:
+            return row, None, f"API unreachable: {exc}"
+        # A busy API answers 503 / 429 with Retry-After (admission control): a client waits and sends again.
+        # Re-sending is safe: a listing is keyed by (seller, external id).
+        if r.status_code not in (429, 503) or time.monotonic() >= deadline:
+            break
+        time.sleep(min(_retry_after_s(r), max(0.0, deadline - time.monotonic())))
     if r.status_code in (200, 202):
         return row, r.json()["listing_id"], ""
     return row, None, f"{r.status_code}: {r.json().get('message', r.text[:200])}"

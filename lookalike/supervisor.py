@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -19,12 +18,11 @@ from typing import Any
 import requests
 
 from lookalike.services import services_for
-from lookalike.system import die_with_parent
+from lookalike.system import Child
 from shared.config import Settings, load_settings
 from shared.supervision import REPORT_FILE
 
 logger = logging.getLogger("lookalike")
-CHILD_STOP_TIMEOUT_S = 15
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -152,34 +150,6 @@ class Watched:
         return {"state": "running" if self.down_since is None else "down", "pid": self.pid(), "restarts": self.restarts,
                 "restarts_in_window": len(self.budget.times), "last_exit": self.last_exit,
                 "last_restart_at": self.last_restart_at, "error": self.error}
-
-
-class Child:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name, self.argv, self.env = name, argv, env
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")
-        # Own session: a terminal Ctrl-C reaches only the supervisor, which stops children in order.
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=die_with_parent)
-        log.close()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        if not self.alive():
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(CHILD_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            logger.warning("%s did not stop in %ss; killing it", self.name, CHILD_STOP_TIMEOUT_S)
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def _wait_http(url: str, *, timeout_s: float, what: str, child: Child) -> dict:

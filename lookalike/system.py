@@ -1,7 +1,8 @@
-"""A running Lookalike (worker, index daemon and API processes talking over sockets, as in production) for
-the integration tests and the benchmarks."""
+"""The one process launcher (`Child`, used by `lookalike up` and by the tests), and a running Lookalike (worker,
+index daemon and API processes talking over sockets, as in production) for the integration tests and benchmarks."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -14,8 +15,10 @@ import requests
 
 from shared.config import REPO_ROOT, Settings, to_environ
 
+logger = logging.getLogger("lookalike")
 ROLES = ("worker", "indexd", "api")
 PR_SET_PDEATHSIG = 1
+CHILD_STOP_TIMEOUT_S = 15
 
 
 def die_with_parent() -> None:
@@ -29,11 +32,53 @@ def die_with_parent() -> None:
         pass
 
 
+class Child:
+    """One role process: in its own session (a terminal's Ctrl-C reaches only the parent, which stops children in
+    order), dying with its parent, its output appended to <log_dir>/<name>.log."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path,
+                 cwd: Path | None = None) -> None:
+        self.name, self.argv, self.env, self.cwd = name, argv, env, cwd
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
+                                         start_new_session=True, preexec_fn=die_with_parent)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def poll(self) -> int | None:
+        """The exit code, or None while it runs (or before it started)."""
+        return None if self.proc is None else self.proc.poll()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL, *, timeout_s: float = 30) -> None:
+        """Send `sig` to the whole process group and wait for the process to exit."""
+        if not self.alive():
+            return
+        os.killpg(self.proc.pid, sig)
+        self.proc.wait(timeout=timeout_s)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within CHILD_STOP_TIMEOUT_S."""
+        try:
+            self.kill(signal.SIGTERM, timeout_s=CHILD_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in %ss; killing it", self.name, CHILD_STOP_TIMEOUT_S)
+            self.kill(signal.SIGKILL)
+
+
 @dataclass
 class LiveSystem:
     settings: Settings
     log_dir: Path
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    procs: dict[str, Child] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -49,20 +94,17 @@ class LiveSystem:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def start(self, role: str) -> None:
-        log = open(self.log_dir / f"{role}.log", "ab")
-        self.procs[role] = subprocess.Popen([sys.executable, "-m", "lookalike", role], env=self.env(),
-                                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                            start_new_session=True, preexec_fn=die_with_parent)
-        log.close()
+    def start(self, role: str, *args: str) -> None:
+        """Start one role (`lookalike <role> <args>`), replacing a stopped process of that role."""
+        child = Child(role, [sys.executable, "-m", "lookalike", role, *args], self.env(), self.log_dir, cwd=REPO_ROOT)
+        child.start()
+        self.procs[role] = child
 
     def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
-        """Kill a role's whole process group (a worker's pool children too)."""
-        proc = self.procs.get(role)
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=30)
+        """Signal a role's whole process group (a worker's pool children too) and wait for it to exit."""
+        child = self.procs.get(role)
+        if child is not None:
+            child.kill(sig, timeout_s=30)
 
     def wait_ready(self, role: str, timeout_s: float = 180) -> None:
         url = {"api": f"{self.api_url}/healthz", "indexd": f"{self.index_url}/readyz"}.get(role)
@@ -89,7 +131,8 @@ class LiveSystem:
 
     def stop(self) -> None:
         for role in reversed(ROLES):
-            self.kill(role, signal.SIGTERM)
+            if role in self.procs:
+                self.procs[role].stop()
 
 
 def start_system(settings: Settings, log_dir: Path) -> LiveSystem:
