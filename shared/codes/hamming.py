@@ -30,6 +30,7 @@ __all__ = [
     "top_k",
     "top_k_parallel",
     "top_k_blended",
+    "blended_scores",
     "top_k_reference",
     "check_query",
     "check_codes",
@@ -462,6 +463,18 @@ def top_k(
             raise IndexError(f"rows must be in [0, {codes.shape[0]}), got a row out of range")
     order = _order(dists, idx, ids)
     return dists[order], idx[order]
+
+
+def blended_scores(hamming: np.ndarray, l1: np.ndarray, *, weight: float, n_bits: int,
+                   aux_scale: float) -> np.ndarray:
+    """The score top_k_blended ranks by, for whole arrays: w_d * hamming + w_l * min(l1, aux_scale), float64, with
+    w_d = (1 - weight) / n_bits and w_l = weight / aux_scale -- the kernel's expression in the kernel's operation
+    order, so `evaluate retrieval` (which ranks whole matrices with it) ranks exactly as the daemon does.
+    hamming, l1: integer arrays of one shape -> float64 array of that shape."""
+    w_d = (1.0 - float(weight)) / float(n_bits)
+    w_l = float(weight) / float(aux_scale)
+    return w_d * np.asarray(hamming, dtype=np.float64) + w_l * np.minimum(np.asarray(l1, dtype=np.float64),
+                                                                           float(aux_scale))
 
 
 def top_k_blended(

@@ -19,8 +19,9 @@ activations of two layers pooled inside the ROI, binarised at 0; plus a colour h
 5. The colour histogram (`colour_histogram`) is taken from the same crop (before step 1's flattening), foreground
    pixels only.
 
-The ranking distance is `combined_distance`: (1 - w) * hamming / n_bits + w * colour_distance, w shipped in the
-manifest. The shipped projection, mean, w and encoder name live in models/features/ (safetensors + manifest.json).
+The ranking score is (1 - w) * hamming / n_bits + w * colour distance (half the L1 distance of the histograms
+quantised to 1/255 per bin), w shipped in the manifest; one implementation serves and evaluates it:
+`shared.codes.hamming.top_k_blended` / `blended_scores`, colours from `shared.index.colours`. The shipped projection, mean, w and encoder name live in models/features/ (safetensors + manifest.json).
 """
 from __future__ import annotations
 
@@ -180,30 +181,11 @@ def colour_histogram(img: Image.Image, roi: Box | None = None, *, use_mask: bool
     return counts / max(float(counts.sum()), 1.0)
 
 
-def colour_distance(q: np.ndarray, hists: np.ndarray) -> np.ndarray:
-    """Half the L1 distance between normalised histograms, in [0, 1].
-
-    q: float32 (n_bins,) or (nq, n_bins); hists: float32 (n, n_bins) -> float32 (n,) or (nq, n).
-    """
-    q = np.asarray(q, dtype=np.float32)
-    hists = np.asarray(hists, dtype=np.float32)
-    if q.ndim == 1:
-        return 0.5 * np.abs(hists - q[None, :]).sum(axis=1)
-    return 0.5 * np.abs(hists[None, :, :] - q[:, None, :]).sum(axis=2)
-
-
 def dequantize_colours(q: np.ndarray) -> np.ndarray:
     """uint8 (n, n_bins) -> float32 (n, n_bins) = q / 255 (sums to 1 up to rounding)."""
     if q.dtype != np.uint8:
         raise TypeError(f"quantized colours must be uint8, got {q.dtype}")
     return q.astype(np.float32) / 255.0
-
-
-def combined_distance(hamming: np.ndarray, colour_dist: np.ndarray, *, n_bits: int, colour_weight: float) -> np.ndarray:
-    """The ranking distance: (1 - w) * hamming / n_bits + w * colour_dist, float32, same shape as the inputs."""
-    w = float(colour_weight)
-    return ((1.0 - w) * (np.asarray(hamming, dtype=np.float32) / float(n_bits))
-            + w * np.asarray(colour_dist, dtype=np.float32)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,10 +10,16 @@ from PIL import Image
 from torch import nn
 
 from shared.codes.binarize import binarize, n_bytes_for
+from shared.codes.hamming import blended_scores
+from shared.index.colours import COLOUR_L1_SCALE, colour_distances
 from shared.vision import features as F
-from shared.vision.features import (FEATURES_VERSION, N_COLOUR_BINS, FeatureExtractor, colour_distance,
-                                    colour_histogram, combined_distance, dequantize_colours, extract_features,
-                                    foreground_mask, quantize_colours)
+from shared.vision.features import (FEATURES_VERSION, N_COLOUR_BINS, FeatureExtractor, colour_histogram,
+                                    dequantize_colours, extract_features, foreground_mask, quantize_colours)
+
+
+def colour_distance(q: np.ndarray, hists: np.ndarray) -> np.ndarray:
+    """The served colour distance of float histograms (quantised as the index stores them)."""
+    return colour_distances(quantize_colours(q[None])[0], quantize_colours(hists))
 
 
 class TinyEncoder(nn.Module):
@@ -260,16 +266,17 @@ def test_mask_keeps_white_inside_item() -> None:
     assert fg[35:45, 25:35].all() and not fg[0:10, 0:10].any()
 
 
-def test_quantize_and_combined_distance() -> None:
+def test_quantize_and_blended_score() -> None:
     h = colour_histogram(on_white((200, 30, 30)))[None]
     q = quantize_colours(h)
     assert q.dtype == np.uint8 and q.shape == (1, N_COLOUR_BINS)
     np.testing.assert_allclose(dequantize_colours(q), h, atol=0.5 / 255 + 1e-7)
     with pytest.raises(TypeError):
         quantize_colours(h.astype(np.float64))
-    d = combined_distance(np.array([0, 128, 256]), np.array([0.0, 0.5, 1.0]), n_bits=256, colour_weight=0.25)
+    d = blended_scores(np.array([0, 128, 256]), np.array([0, 255, 510]), weight=0.25, n_bits=256,
+                       aux_scale=COLOUR_L1_SCALE)
     np.testing.assert_allclose(d, [0.0, 0.5, 1.0])
-    d = combined_distance(np.array([256]), np.array([0.0]), n_bits=256, colour_weight=0.25)
+    d = blended_scores(np.array([256]), np.array([0]), weight=0.25, n_bits=256, aux_scale=COLOUR_L1_SCALE)
     np.testing.assert_allclose(d, [0.75])
 
 

@@ -72,7 +72,8 @@ def evaluate(data_dir: Path, *, split: str, colour_weights: tuple[float, ...], l
     from shared.index.refine import Refinement, refined_search
     from shared.taxonomy import load_taxonomy
     from shared.taxonomy.labels import load_labeled
-    from shared.vision.features import FeatureExtractor, colour_distance
+    from shared.index.colours import colour_distances, quantize_colours
+    from shared.vision.features import FeatureExtractor
     from training.retrieval.data import ground_truth_roi
 
     tax = load_taxonomy()
@@ -145,7 +146,8 @@ def evaluate(data_dir: Path, *, split: str, colour_weights: tuple[float, ...], l
                 r["base_app"].append(float(base_app.mean()))
                 r["big"].append(matched >= 100)
                 if hist is not None:
-                    r["colour_dist"].append(float(colour_distance(hist, colours[got_ids - 1]).mean()))
+                    r["colour_dist"].append(float(colour_distances(quantize_colours(hist[None])[0],
+                                                                   quantize_colours(colours[got_ids - 1])).mean()))
                 if w is None:
                     per_query.append({"query": labeled[i].id, "edit": kind, "attribute": tax.attribute(a).key,
                                       "n_top": int(len(got_ids))})

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.codes.hamming import hamming_distances
-from shared.vision.features import colour_distance, combined_distance
+from shared.codes.hamming import blended_scores, hamming_distances
+from shared.index.colours import COLOUR_L1_SCALE, quantize_colours
 
 # Query rows per block of a (nq, n) distance matrix: keeps the colour distance's (block, n, bins) temporary small.
 _BLOCK = 32
@@ -27,16 +27,23 @@ def cosine_matrix(q: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def colour_matrix(q: np.ndarray, hists: np.ndarray) -> np.ndarray:
-    """float32 (nq, bins), (n, bins) -> half-L1 colour distance float32 (nq, n)."""
-    out = np.empty((q.shape[0], hists.shape[0]), dtype=np.float32)
-    for s in range(0, q.shape[0], _BLOCK):
-        out[s:s + _BLOCK] = colour_distance(q[s:s + _BLOCK], hists)
+    """Histograms (float32 summing to 1, or uint8 as the index quantises them), (nq, bins) and (n, bins) -> int32
+    (nq, n) L1 distance of the quantised histograms: the colour term the daemon's kernel reads."""
+    qq, hq = _quantised(q).astype(np.int16), _quantised(hists).astype(np.int16)
+    out = np.empty((qq.shape[0], hq.shape[0]), dtype=np.int32)
+    for s in range(0, qq.shape[0], _BLOCK):
+        out[s:s + _BLOCK] = np.abs(hq[None, :, :] - qq[s:s + _BLOCK, None, :]).sum(axis=2)
     return out
 
 
 def combined_matrix(ham: np.ndarray, col: np.ndarray, *, n_bits: int, colour_weight: float) -> np.ndarray:
-    """The shipped ranking distance for whole matrices (see shared.vision.features.combined_distance)."""
-    return combined_distance(ham, col, n_bits=n_bits, colour_weight=colour_weight)
+    """The served ranking score for whole matrices: ham (Hamming) and col (colour_matrix's L1), scored by
+    shared.codes.hamming.blended_scores, the expression the daemon's kernel ranks by; float64 (nq, n)."""
+    return blended_scores(ham, col, weight=colour_weight, n_bits=n_bits, aux_scale=COLOUR_L1_SCALE)
+
+
+def _quantised(hists: np.ndarray) -> np.ndarray:
+    return hists if hists.dtype == np.uint8 else quantize_colours(np.ascontiguousarray(hists, dtype=np.float32))
 
 
 def _order(d: np.ndarray) -> np.ndarray:
