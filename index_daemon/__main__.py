@@ -52,7 +52,8 @@ def run(settings: Settings) -> int:
     holder = SnapshotHolder()
     shard = None if settings.index_shard is None else Shard.parse(settings.index_shard)
     holder.state.extra["shard"] = None if shard is None else str(shard)
-    reloader = Reloader(engine, holder, poll_s=settings.index_poll_ms / 1000, shard=shard)
+    reloader = Reloader(engine, holder, poll_s=settings.index_poll_ms / 1000, shard=shard,
+                        snapshot_dir=settings.var_dir / "index")
     # Ranking parameters come from the served generation (index_generations.params), not from files on disk.
     app = create_daemon_app(holder)
     server = create_server(app, host=settings.index_host, port=settings.index_port, threads=4, ident="indexd")

@@ -1,6 +1,7 @@
 """Postgres -> ItemArrays: the bulk load of a generation's postings and the deltas of the change sequence.
 
-Rows become arrays in `shared.index.load` only (load_items for the bulk load, items_from_cursor for deltas).
+Rows become arrays in `shared.index.load` only (copy_load_items for the bulk load: binary COPY over listing-id
+ranges on two connections in one exported snapshot; items_from_cursor for deltas).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from shared.index.arrays import ItemArrays
-from shared.index.load import BULK_LOAD_SQL, items_from_cursor, load_items
+from shared.index.load import copy_load_items, items_from_cursor
 from shared.index.shards import Shard
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ def load_generation(engine: Engine, shard: Shard | None = None) -> tuple[int | N
             gen_id, model_version = int(row[0]), str(row[1])
             widths = _widths(cur, gen_id)
             if widths is not None:
-                items = load_items(cur, generation_id=gen_id, n_bytes=widths[0], n_bins=widths[1],
-                                   sql=None if shard is None else shard.bulk_sql(BULK_LOAD_SQL))
+                items = copy_load_items(engine.raw_connection, cur, generation_id=gen_id, n_bytes=widths[0],
+                                        n_bins=widths[1], where="" if shard is None else shard.condition())
         raw.rollback()
     finally:
         raw.set_session(isolation_level="READ COMMITTED", readonly=False)
@@ -55,6 +56,22 @@ def load_generation(engine: Engine, shard: Shard | None = None) -> tuple[int | N
     logger.info("generation %s: loaded %d postings in %.2f s", gen_id, 0 if items is None else len(items),
                 time.perf_counter() - t0)
     return gen_id, model_version, last_seq, items
+
+
+def active_generation(engine: Engine) -> tuple[int | None, str | None, str | None, int]:
+    """(active generation id, its model version, its creation time as text, the last change seq): what a snapshot
+    file must match (the creation time tells a recreated database's generation 1 from the old one's)."""
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("SELECT coalesce(max(seq), 0) FROM changes")
+        last_seq = int(cur.fetchone()[0])
+        cur.execute("SELECT id, model_version, created_at::text FROM index_generations WHERE status = 'active'")
+        row = cur.fetchone()
+        raw.rollback()
+    finally:
+        raw.close()
+    return (None, None, None, last_seq) if row is None else (int(row[0]), str(row[1]), str(row[2]), last_seq)
 
 
 def generation_contract(engine: Engine, generation_id: int) -> tuple[dict | None, dict | None]:

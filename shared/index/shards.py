@@ -44,13 +44,17 @@ class Shard:
     def owned(self, listing_ids: Sequence[int]) -> list[int]:
         return [i for i in listing_ids if int(i) % self.count == self.index]
 
+    def condition(self) -> str:
+        """The SQL condition (with a leading AND) selecting this shard's listings; integers only, so safe to inline,
+        and mod() keeps it free of a literal % (pyformat)."""
+        return f" AND mod(listing_id, {self.count}) = {self.index}"
+
     def bulk_sql(self, sql: str) -> str:
         """The bulk-load query (shared.index.load.BULK_LOAD_SQL) restricted to this shard's listings."""
         anchor = "listing_id > %(after)s"
         if anchor not in sql:
             raise ValueError("the bulk-load query has no keyset condition to restrict")
-        # Integers only, so inlining them is safe; mod() keeps the query free of a literal % (pyformat).
-        return sql.replace(anchor, f"{anchor} AND mod(listing_id, {self.count}) = {self.index}", 1)
+        return sql.replace(anchor, anchor + self.condition(), 1)
 
 
 # Whether the current request accepts results from only the shards that answered (`partial=true`).

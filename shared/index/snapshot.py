@@ -180,6 +180,24 @@ class IndexSnapshot:
                              n_bytes=self._n_bytes, base=self._base, dead=dead, n_dead=n_dead, delta=delta,
                              delta_items=delta_items)
 
+    # -- parts (shared.index.files) -----------------------------------------------------------------------------------
+
+    def parts(self) -> tuple[Segment, np.ndarray, ItemArrays]:
+        """(base segment, tombstones uint8 (n_base,), the delta's items): everything this snapshot is made of."""
+        return self._base, self._dead, self._delta_items
+
+    @classmethod
+    def from_parts(
+        cls, *, generation: int, sequence: int, n_bits: int, base: Segment, dead: np.ndarray, delta_items: ItemArrays
+    ) -> IndexSnapshot:
+        """The snapshot `parts` describes (the delta segment is rebuilt: it is small)."""
+        n_bytes = n_bytes_for(n_bits)
+        if dead.shape != (base.n,) or dead.dtype != np.uint8:
+            raise ValueError(f"tombstones must be uint8 ({base.n},), got {dead.dtype} {dead.shape}")
+        return cls(generation=generation, sequence=sequence, n_bits=n_bits, n_bytes=n_bytes, base=base, dead=dead,
+                   n_dead=int(np.count_nonzero(dead)), delta=Segment.build(delta_items, padded_bytes(n_bytes)),
+                   delta_items=delta_items)
+
     # -- size --------------------------------------------------------------------------------------------------------
 
     @property
