@@ -144,6 +144,15 @@ def test_promote_refuses_a_generation_missing_listings(live_system, engine, sett
         s.get(IndexGeneration, empty).status = "retired"
 
 
+def _wait_answers(seen: Counter, *, current: bool, more: int = 8, timeout_s: float = 60) -> None:
+    """Wait until the clients got `more` further answers of that kind (from the current generation or the kept one)."""
+    target = seen[current] + more
+    deadline = time.monotonic() + timeout_s
+    while seen[current] < target:
+        assert time.monotonic() < deadline, f"no {more} answers with current={current} in {timeout_s}s: {dict(seen)}"
+        time.sleep(0.05)
+
+
 def test_swap_under_8_searching_clients_has_no_errors(live_system, engine, real_generation):
     """8 clients of the running networks search the daemon while generations are promoted and rolled back twice:
     every answer is a 200 from the generation of their networks (current, or kept as the previous one)."""
@@ -178,10 +187,10 @@ def test_swap_under_8_searching_clients_has_no_errors(live_system, engine, real_
             other = _copy_generation(engine, real_id)
             assert models_cmd.promote(engine, None, generation_id=other, tolerance=0.02, force=True)["promoted"]
             _wait_generation(live_system, other)
-            time.sleep(0.3)  # let the clients be answered by the kept previous generation
+            _wait_answers(seen, current=False)  # the clients are answered by the kept previous generation
             assert models_cmd.rollback(engine)["to"] == real_id
             _wait_generation(live_system, real_id)
-            time.sleep(0.3)
+            _wait_answers(seen, current=True)
     finally:
         stop.set()
         for t in threads:

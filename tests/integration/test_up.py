@@ -37,6 +37,14 @@ def _run_up(env: dict[str, str], limit: int, *extra: str) -> tuple[subprocess.Po
     raise AssertionError("no search URL printed:\n" + "".join(out)[-3000:])
 
 
+def _wait_no_leftovers(var_dir, timeout_s: float = 20) -> None:
+    """Every process of the run gone (the embedded servers exit a moment after `up` reports them stopped)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := _leftovers(var_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == []
+
+
 def _leftovers(var_dir) -> list[str]:
     """Processes still tied to this run: servers with the folder on their command line, or any process whose
     environment names it (our worker, daemon and API children)."""
@@ -78,8 +86,7 @@ def test_up_indexes_serves_stops_and_reuses_state(server_tmp_path):
         rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, rest[-2000:]
     assert "stopped" in rest
-    time.sleep(1)
-    assert _leftovers(var_dir) == []
+    _wait_no_leftovers(var_dir)
     # Second run: same data folder, nothing to re-index.
     proc, out, second_s = _run_up(env, limit=12)
     try:
