@@ -31,7 +31,7 @@ DELEGATED: dict[str, dict[str, tuple[str, str]]] = {
     "bench": {
         "hamming": ("bench.hamming", "popcount kernel vs faiss"),
         "postings": ("bench.postings", "postings strategies at 1M items"),
-        "ingest": ("bench.ingest", "listings/s per worker and POST-to-commit latency"),
+        "ingest": ("bench.ingest", "listings/s and ms per stage: model pipeline alone and end to end (--device, --batch)"),
         "search": ("bench.search", "end-to-end search latency, daemon load time and RAM"),
         "shards": ("bench.shards", "one index in N shards vs one snapshot: search time, exact merge"),
         "merge": ("bench.merge", "freshness while the delta is merged: inline vs beside the change loop"),
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                         ("api", "run the Flask API with waitress (Procfile: web)")):
         p = sub.add_parser(role, help=help_)
         p.set_defaults(func=_lazy("lookalike.supervisor", f"cmd_{role}"))
+        if role == "worker":
+            p.add_argument("--batch", type=int, metavar="N", help="jobs each worker process claims and runs as one "
+                           "batch (default LOOKALIKE_WORKER_BATCH; 0 = 1 on CPU, 32 on CUDA)")
 
     p = sub.add_parser("models", add_help=False,
                        help="index generations: status, baseline, promote (golden-set gate), rollback")

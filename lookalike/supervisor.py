@@ -51,6 +51,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     with services_for(load_settings()) as (settings, _):
         from workers.celery_app import configure
 
+        if getattr(args, "batch", None) is not None:
+            settings = settings.with_overrides(worker_batch=args.batch)
         app = configure(settings)
         # No -B: the reconciler is a thread of this main process (workers.tasks), not a beat child that can die alone.
         argv = ["worker", "--loglevel", settings.log_level, "--concurrency", str(settings.worker_concurrency),

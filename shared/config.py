@@ -127,6 +127,8 @@ class Settings:
     admin_token: str | None = _opt(_str, "bearer token for /v1/admin/*; unset = admin endpoints answer 403")
     worker_concurrency: int = _opt(_int(1, 64), "Celery worker processes (one per core pays: each runs one torch thread)",
                                    2)
+    worker_batch: int = _opt(_int(0, 1024), "jobs a worker process claims and runs through the networks as one batch "
+                             "(`lookalike worker --batch N`); 0 = 1 on CPU, 32 on CUDA", 0)
     torch_threads: int = _opt(_int(0, 256), "torch intra-op threads per process (0 = torch's default); 1 keeps "
                               "concurrent API requests and workers from fighting over cores", 1)
     max_image_bytes: int = _opt(_int(1024), "largest accepted image file, bytes", 10 * 1024 * 1024)

@@ -51,7 +51,12 @@ class PipelineTask(Task):
 def process_job_task(self: PipelineTask, job_id: int) -> str:
     settings = app_settings()
     try:
-        outcome = process_job(job_id, engine=self.engine, settings=settings, models=self.models)
+        size = _batch_size(settings)
+        if size <= 1:
+            return process_job(job_id, engine=self.engine, settings=settings, models=self.models).status
+        from workers.batch import process_batch
+
+        outcomes = process_batch(job_id, engine=self.engine, settings=settings, models=self.models, size=size)
     except (TransientError, OperationalError, DBAPIError) as exc:
         # Put the job back first so the reconciler can take over if this retry is lost too.
         try:
@@ -61,7 +66,30 @@ def process_job_task(self: PipelineTask, job_id: int) -> str:
             logger.warning("could not release job %s after a transient error", job_id)
         countdown = min(60, 2 ** self.request.retries)
         raise self.retry(exc=exc, countdown=countdown) from exc
-    return outcome.status
+    # A batch-mate whose attempt failed (not its last) is queued again: re-send it alone after a pause, as a retry.
+    for o in outcomes:
+        if o.status == "retry":
+            _resend_later(o.job_id)
+    mine = [o for o in outcomes if o.job_id == job_id]
+    return mine[0].status if mine else "skipped"
+
+
+_BATCH: list[int] = []
+
+
+def _batch_size(settings) -> int:
+    if not _BATCH:
+        from workers.batch import default_batch
+
+        _BATCH.append(default_batch(settings))
+    return _BATCH[0]
+
+
+def _resend_later(job_id: int, countdown: float = 2.0) -> None:
+    try:
+        process_job_task.apply_async((job_id,), countdown=countdown, retry=True, retry_policy=PUBLISH_RETRY)
+    except BROKER_ERRORS as exc:  # the reconciler re-sends it after job_resend_s
+        logger.warning("could not re-send job %s (broker unavailable): %s", job_id, exc)
 
 
 @app.task(bind=True, base=PipelineTask, name=RECONCILE)

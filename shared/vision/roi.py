@@ -60,8 +60,11 @@ class LiteFPNBackbone(nn.Module):
         self.fpn = FeaturePyramidNetwork([STRIDE_CHANNELS[s] for s in (8, 16, 32)], out_channels,
                                          extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
+        self.channels_last = False  # set by load_detector: the weights are stored channels_last, inputs follow
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         maps = self.body.forward_maps(x, upto=32)
         return self.fpn(OrderedDict((str(i), maps[s]) for i, s in enumerate((8, 16, 32))))
 
@@ -172,6 +175,10 @@ def load_detector(path: str | Path | None = None, *, device: str | torch.device 
                              min_size=size, max_size=size)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net.to(dev).eval()
+    # channels_last: EfficientNet's depthwise convs and the FPN run ~15 % faster on CPU (same results up to rounding).
+    net.backbone.to(memory_format=torch.channels_last)
+    net.rpn.to(memory_format=torch.channels_last)
+    net.backbone.channels_last = True
     return LoadedDetector(net=net, meta=meta, taxonomy=tax, device=dev)
 
 
@@ -233,6 +240,29 @@ def detect_all(loaded: LoadedDetector, image: Image.Image) -> list[Roi]:
     with torch.inference_mode():
         out = loaded.net([image_to_input(image).to(loaded.device)])[0]
     return _raw_rois(out, 0.0)
+
+
+def detect_all_batch(loaded: LoadedDetector, images: Sequence[Image.Image]) -> list[list[Roi]]:
+    """`detect_all` for many images, with the same results. On CUDA one forward per group of images of one size
+    (torchvision pads a batch to its largest image, which would change the maps near the border); on CPU one image
+    at a time, which costs less CPU per image than a batched forward (measured: batch 8 +30 %, batch 32 +80 %:
+    big batches of stride-2 maps fall out of cache)."""
+    if not images:
+        return []
+    loaded.net.eval()
+    outs: list[dict[str, torch.Tensor] | None] = [None] * len(images)
+    with torch.inference_mode():
+        if loaded.device.type == "cpu":
+            groups = [[i] for i in range(len(images))]
+        else:
+            by_size: dict[tuple[int, int], list[int]] = {}
+            for i, im in enumerate(images):
+                by_size.setdefault(im.size, []).append(i)
+            groups = list(by_size.values())
+        for group in groups:
+            for i, out in zip(group, loaded.net([image_to_input(images[i]).to(loaded.device) for i in group])):
+                outs[i] = out
+    return [_raw_rois(out, 0.0) for out in outs]
 
 
 def detect_rois(loaded: LoadedDetector, image: Image.Image, *, category_id: int | None = None,
