@@ -159,6 +159,34 @@ def _inputs(item: RetrievalItem, variant: str) -> tuple[Image.Image, Box | None]
     raise ValueError(f"unknown variant {variant!r}")
 
 
+def cache_folder(encoder: nn.Module, items: Sequence[RetrievalItem], *, variant: str, input_size: int,
+                 data_dir: str | Path, layers: Sequence[int] = (16, 32), colour_mask: bool = True,
+                 flatten: bool = True) -> Path:
+    """Where `cached_pooled` keeps the chunks of one (encoder, data, variant, size, items) combination."""
+    flatten = flatten and variant != "roipool"
+    key_parts = (encoder_tag(encoder), data_tag(data_dir), variant, input_size, tuple(layers), colour_mask,
+                 ALTER_SEED, [it.id for it in items]) + (("flat",) if flatten else ())
+    if flatten and ISOLATE_VERSION > 1:
+        key_parts += (f"isolate{ISOLATE_VERSION}",)
+    key = hashlib.sha1(repr(key_parts).encode()).hexdigest()[:16]
+    return CACHE_DIR / f"{variant}-{input_size}-{key}"
+
+
+def cached_prefix(folder: Path, n_items: int, chunk: int = 512) -> dict[str, np.ndarray]:
+    """The leading run of finished chunks of a `cached_pooled` folder (no encoding): the first rows of its items, so
+    a consumer can start while another process is still filling the cache."""
+    parts = []
+    for start in range(0, n_items, chunk):
+        path = folder / f"{start:07d}.npz"
+        if not path.exists():
+            break
+        with np.load(path) as z:
+            parts.append({k: z[k] for k in z.files})
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def cached_pooled(encoder: nn.Module, items: Sequence[RetrievalItem], *, variant: str, input_size: int,
                   data_dir: str | Path, layers: Sequence[int] = (16, 32), chunk: int = 512, batch_size: int = 8,
                   use_cache: bool = True, colour_mask: bool = True, flatten: bool = True) -> dict[str, np.ndarray]:
@@ -168,12 +196,8 @@ def cached_pooled(encoder: nn.Module, items: Sequence[RetrievalItem], *, variant
     flatten: encode `isolate_item(crop)` as `extract_features` does (crop variants; ROI pooling encodes the photo).
     """
     flatten = flatten and variant != "roipool"
-    key_parts = (encoder_tag(encoder), data_tag(data_dir), variant, input_size, tuple(layers), colour_mask,
-                 ALTER_SEED, [it.id for it in items]) + (("flat",) if flatten else ())
-    if flatten and ISOLATE_VERSION > 1:
-        key_parts += (f"isolate{ISOLATE_VERSION}",)
-    key = hashlib.sha1(repr(key_parts).encode()).hexdigest()[:16]
-    folder = CACHE_DIR / f"{variant}-{input_size}-{key}"
+    folder = cache_folder(encoder, items, variant=variant, input_size=input_size, data_dir=data_dir, layers=layers,
+                          colour_mask=colour_mask, flatten=flatten)
     folder.mkdir(parents=True, exist_ok=True)
     parts: list[dict[str, np.ndarray]] = []
     bar = tqdm(total=len(items), desc=f"encode {variant}@{input_size}", unit="img", leave=False)

@@ -361,7 +361,9 @@ def train(args: argparse.Namespace) -> Path:
     last_ckpt = last_probe = time.time()
     t_mark, seen_mark = time.time(), 0
     seen = 0
-    while elapsed < budget and (args.max_steps <= 0 or step < args.max_steps):
+    stop_file = run_dir / "STOP"  # touch it to end the run early (checkpoint, then stop)
+    stop_file.unlink(missing_ok=True)
+    while elapsed < budget and (args.max_steps <= 0 or step < args.max_steps) and not stop_file.exists():
         t_step = time.time()
         if pos + args.batch_size > len(order):
             epoch, pos = epoch + 1, 0
@@ -512,7 +514,8 @@ def tune_colour(features_dir: Path, data_dir: Path, *, batch_size: int = 16) -> 
 
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lookalike train embedding", description=__doc__.split("\n")[0])
-    p.add_argument("--run", default="emb", help="run name: var/embedding/<run>/ (log, checkpoint)")
+    p.add_argument("--run", default="emb", help="run name: var/embedding/<run>/ (log, checkpoint; touch STOP there "
+                                                 "to end the run early)")
     p.add_argument("--data", type=Path, default=None, help="data folder (default: settings data_dir)")
     p.add_argument("--resume", action="store_true", help="continue from var/embedding/<run>/last.pt")
     p.add_argument("--max-minutes", type=float, default=80.0, help="training time budget (the LR schedule follows it)")
