@@ -147,14 +147,16 @@ def cached_prefix_maps(encoder: torch.nn.Module, encoder_name: str, samples: Seq
         return torch.load(path, weights_only=True)
     was_training = encoder.training
     encoder.eval()
-    encoder.to(memory_format=torch.channels_last)  # about 20 % faster on one CPU thread
+    with torch.inference_mode(False):  # parameters converted here must stay normal tensors (they may train later)
+        encoder.to(memory_format=torch.channels_last)  # about 20 % faster on one CPU thread
     chunks = []
     for lo in tqdm(range(0, len(samples), batch_size), desc=f"prefix maps s{stride}", leave=False):
         x = presets.normalize(pixels[lo: lo + batch_size]).to(device).contiguous(memory_format=torch.channels_last)
         views = [x, x.flip(3)] if flip else [x]
         maps = [encoder.forward_maps(v, upto=stride)[stride].half().contiguous().cpu() for v in views]
         chunks.append(torch.stack(maps, 1))
-    encoder.to(memory_format=torch.contiguous_format)
+    with torch.inference_mode(False):
+        encoder.to(memory_format=torch.contiguous_format)
     encoder.train(was_training)
     out = torch.cat(chunks)
     torch.save(out, path)

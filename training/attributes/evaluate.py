@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit", type=int, default=0, help="evaluate at most this many images per split (0 = all)")
+    p.add_argument("--datasets", default=None, metavar="NAMES",
+                   help="comma-separated datasets to keep (e.g. colorful_fashion; default: all)")
     p.add_argument("--latency-images", type=int, default=30, help="images timed one by one with 1 thread (0 = skip)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for the accuracy pass (0 = default)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
@@ -231,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                               "data": str(data_dir), "splits": {}}
     for split in splits:
         samples = D.load_samples(data_dir, [split])
+        if args.datasets:
+            samples = [s for s in samples if s.dataset in args.datasets.split(",")]
         if args.limit:
             samples = samples[: args.limit]
         if not samples:

@@ -2,7 +2,9 @@
 a minimum step probability below which a generated attribute is not reported.
 
 The encoder runs once per image; each option set only re-decodes (probability thresholds only re-filter). The option
-set with the highest min(precision, recall) wins (the targets ask for both); ties go to colour exact accuracy.
+set with the highest min(precision on verifiable tokens, recall) wins (the targets ask for both; attributes generated
+for images whose label names none, e.g. street crops, can be neither confirmed nor refuted, so they do not steer the
+choice); ties go to colour exact accuracy.
 `--write` stores the winner in the checkpoint's manifest (architecture.max_per_group / require_groups /
 min_attribute_prob), which serving and `lookalike evaluate attributes` read.
 
@@ -46,17 +48,18 @@ def contexts(loaded, samples: list[D.Sample], batch_size: int = 64) -> torch.Ten
 
 
 def score(samples: list[D.Sample], decoded: list, tax, min_prob: float) -> dict[str, Any]:
-    m = SetMetrics(tax)
+    m, ver = SetMetrics(tax), SetMetrics(tax)
     unl, unl_attr = 0, 0
     for s, (c, _, pa) in zip(samples, decoded):
         attrs = [a for a, p in pa if p >= min_prob]
         m.add(c, attrs, s.category_id, s.attribute_ids, s.disputed_groups)
+        ver.add(c, attrs if s.attribute_ids else [], s.category_id, s.attribute_ids, s.disputed_groups)
         if not s.attribute_ids:
             unl += 1
             unl_attr += int(bool(attrs))
     r = m.summary()
     ga = r["group_accuracy"]
-    return {"precision": r["precision"], "recall": r["recall"],
+    return {"precision": r["precision"], "recall": r["recall"], "precision_verifiable": ver.summary()["precision"],
             "colour": ga.get("colour", {}).get("accuracy"), "colour_family": ga.get("colour", {}).get("family_accuracy"),
             "pattern": ga.get("pattern", {}).get("accuracy"),
             "unlabelled_with_attributes": unl_attr / max(unl, 1)}
@@ -92,11 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         for t in THRESHOLDS:
             rows.append({"max_per_group": limits, "require_groups": list(require), "min_attribute_prob": t,
                          **score(samples, decoded, tax, t)})
-    best = max(rows, key=lambda r: (round(min(r["precision"], r["recall"]), 4), r["colour"] or 0.0))
+    best = max(rows, key=lambda r: (round(min(r["precision_verifiable"], r["recall"]), 4), r["colour"] or 0.0))
     for r in rows:
         lim = r["max_per_group"]
         print(f"colour<={lim['colour']} pattern/material<={lim['pattern']} require={','.join(r['require_groups']) or '-':6s}"
-              f" min_p={r['min_attribute_prob']:.1f}: P {r['precision']:.3f} R {r['recall']:.3f} colour "
+              f" min_p={r['min_attribute_prob']:.1f}: P {r['precision']:.3f} (verifiable {r['precision_verifiable']:.3f}) "
+              f"R {r['recall']:.3f} colour "
               f"{r['colour'] or 0:.3f}/{r['colour_family'] or 0:.3f} pattern {r['pattern'] or 0:.3f} street crops with "
               f"attributes {r['unlabelled_with_attributes']:.3f}{'  <- best' if r is best else ''}", file=sys.stderr)
     if args.write:
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = json.loads(mpath.read_text(encoding="utf-8"))
         meta["architecture"].update(max_per_group=best["max_per_group"], require_groups=best["require_groups"],
                                     min_attribute_prob=best["min_attribute_prob"])
-        meta["decoding_chosen_on"] = (f"{args.split} split, {len(samples)} images: highest min(precision, recall) "
+        meta["decoding_chosen_on"] = (f"{args.split} split, {len(samples)} images: highest min(verifiable precision, recall) "
                                       f"(python -m training.attributes.tune)")
         mpath.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     if args.json:
