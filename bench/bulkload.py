@@ -37,8 +37,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.postings import Catalogue  # noqa: E402
-from bench.shards import _count  # noqa: E402
+from bench.shards import _count, catalogue  # noqa: E402
 from shared.index import files  # noqa: E402
 from shared.index.arrays import ItemArrays  # noqa: E402
 from shared.index.load import copy_load_items, load_items  # noqa: E402
@@ -47,23 +46,6 @@ from shared.index.snapshot import IndexSnapshot, warm_up  # noqa: E402
 
 DB_NAME = "lookalike_bench_bulkload_test"
 GENERATION = 1
-_FIELDS = ("ids", "category_ids", "attr_offsets", "attribute_ids", "codes", "colours")
-
-
-def catalogue(n: int, cache: Path | None) -> ItemArrays:
-    """The first n items of bench.postings.Catalogue(0), from the .npy cache when it holds at least n."""
-    if cache is not None and (cache / "ids.npy").exists():
-        ids = np.load(cache / "ids.npy", mmap_mode="r")
-        if ids.shape[0] >= n:
-            a = {f: np.load(cache / f"{f}.npy") for f in _FIELDS}
-            items = ItemArrays(**a)
-            return items if len(items) == n else items.take(np.arange(n))
-    items = Catalogue(0).items(n)
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        for f in _FIELDS:
-            np.save(cache / f"{f}.npy", getattr(items, f))
-    return items
 
 
 def _admin_url() -> str:
@@ -169,7 +151,7 @@ def _load(kind: str, n_bytes: int, n_bins: int, n_connections: int = 2) -> tuple
 def run(n: int, cache: Path | None, reuse: bool, keep: bool, skip_aggregate: bool) -> dict[str, Any]:
     warm_up()
     t = time.perf_counter()
-    items = catalogue(n, cache)
+    items, _ = catalogue(n, 0, cache)
     out: dict[str, Any] = {"items": n, "cpus": os.cpu_count(), "catalogue_s": round(time.perf_counter() - t, 1)}
     out["fill_s"] = None if reuse else round(fill(items), 1)
     loads: dict[str, Any] = {}

@@ -1,6 +1,7 @@
 """The daemon's internal HTTP endpoint (loopback): /search, /readyz, /healthz, /metrics."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -14,6 +15,9 @@ from shared.index.refine import MAX_FACET_DEPTH, Refinement, refined_search
 # Served when a generation records no ranking parameters (made before the version contract): the colour weight the
 # shipped features carried then. Every generation made since records its own (index_generations.params).
 LEGACY_COLOUR_WEIGHT = 0.1
+# A scan of a large range (>= 250k rows per thread: the whole index, or a category of millions) is split across the
+# machine's cores, so one search gets all of them; smaller scans stay on one thread (shared.codes.hamming._split).
+SEARCH_THREADS = max(1, os.cpu_count() or 1)
 
 
 def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float = LEGACY_COLOUR_WEIGHT) -> Flask:
@@ -92,7 +96,8 @@ def create_daemon_app(holder: SnapshotHolder, *, colour_weight: float = LEGACY_C
         try:
             out = refined_search(snap, code=code, colour=colour,
                                  category_id=None if category is None else int(category), attribute_ids=attrs, k=k,
-                                 offset=offset, colour_weight=colour_weight, refinement=refinement)
+                                 offset=offset, colour_weight=colour_weight, refinement=refinement,
+                                 threads=SEARCH_THREADS)
         except (ValueError, TypeError) as exc:
             return bad(str(exc))
         elapsed = time.perf_counter() - t0

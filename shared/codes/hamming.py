@@ -253,21 +253,23 @@ def _scan(q, codes, rows, use_rows, start, stop, k, blended, aux_q, aux, w_d, w_
 @njit(cache=True, nogil=True)
 def _top_k_range(q, codes, start, stop, k, ids, use_ids, exclude, use_exclude):
     _, d, _, r, _ = _scan(q, codes, np.empty(0, np.int32), False, start, stop, k, False, np.zeros(64, np.uint8),
-                          np.zeros((1, 1), np.uint8), 0.0, 0.0, 0.0, ids, use_ids, exclude, use_exclude)
+                          np.zeros((1, 1), np.uint8), 0.0, 0.0, 0.0, ids, use_ids, exclude,
+                          use_exclude)
     return d, r
 
 
 @njit(cache=True, nogil=True)
 def _top_k_rows(q, codes, rows, start, stop, k, ids, use_ids, exclude, use_exclude):
     _, d, _, r, ok = _scan(q, codes, rows, True, start, stop, k, False, np.zeros(64, np.uint8),
-                           np.zeros((1, 1), np.uint8), 0.0, 0.0, 0.0, ids, use_ids, exclude, use_exclude)
+                           np.zeros((1, 1), np.uint8), 0.0, 0.0, 0.0, ids, use_ids, exclude,
+                          use_exclude)
     return d, r, ok
 
 
 @njit(cache=True, nogil=True)
 def _blend_range(q, codes, start, stop, k, aux_q, aux, w_d, w_l, l1_cap, ids, use_ids, exclude, use_exclude):
-    s, d, l1, r, _ = _scan(q, codes, np.empty(0, np.int32), False, start, stop, k, True, aux_q, aux, w_d, w_l, l1_cap, ids,
-                           use_ids, exclude, use_exclude)
+    s, d, l1, r, _ = _scan(q, codes, np.empty(0, np.int32), False, start, stop, k, True, aux_q, aux, w_d, w_l, l1_cap,
+                           ids, use_ids, exclude, use_exclude)
     return s, d, l1, r
 
 
@@ -492,6 +494,7 @@ def top_k_blended(
     exclude: np.ndarray | None = None,
     start: int = 0,
     stop: int | None = None,
+    n_threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-k by a blend of Hamming distance and an L1 distance between small uint8 side vectors, in one scan.
 
@@ -501,7 +504,8 @@ def top_k_blended(
     q, codes, rows, ids, exclude, start, stop: as in top_k. aux_q: uint8 (m,); aux: uint8 (n, m) C-contiguous.
     The side vector of a row is read only when its Hamming term alone can still beat the running k-th score, so a
     small weight costs little more than top_k. Returns scores: float64 (k',), dists: int32 (k',), l1: int32 (k',),
-    idx: int64 (k',) -- row numbers, sorted by (score, id).
+    idx: int64 (k',) -- row numbers, sorted by (score, id). n_threads > 1 splits a range scan (rows None) across
+    threads as top_k_parallel does; the results are identical.
     """
     a = _scan_args(q, codes, k, rows, ids, exclude, start, stop)
     n = codes.shape[0]
@@ -520,8 +524,11 @@ def top_k_blended(
     aq = np.zeros(max(64, aux_q.shape[0]), dtype=np.uint8)  # zero-padded for the 64-byte vector L1
     aq[: aux_q.shape[0]] = aux_q
     if rows is None:
-        s, d, l1, r = _blend_range(a.q, a.codes, a.start, a.stop, a.k, aq, aux, w_d, w_l, cap, a.ids, a.use_ids,
-                                   a.exclude, a.use_exclude)
+        def one(lo: int, hi: int) -> tuple[np.ndarray, ...]:
+            return _blend_range(a.q, a.codes, lo, hi, a.k, aq, aux, w_d, w_l, cap, a.ids, a.use_ids, a.exclude,
+                                a.use_exclude)
+
+        s, d, l1, r = _split(one, a, n_threads)
     else:
         s, d, l1, r, ok = _blend_rows(a.q, a.codes, a.rows, a.start, a.stop, a.k, aq, aux, w_d, w_l, cap, a.ids,
                                       a.use_ids, a.exclude, a.use_exclude)
@@ -560,23 +567,33 @@ def top_k_parallel(
     numba prange: any number of request threads may call this at once, which numba's workqueue layer does not allow.
     """
     a = _scan_args(q, codes, k, None, ids, exclude, start, stop)
+
+    def one(lo: int, hi: int) -> tuple[np.ndarray, ...]:
+        return _top_k_range(a.q, a.codes, lo, hi, a.k, a.ids, a.use_ids, a.exclude, a.use_exclude)
+
+    d, r = _split(one, a, n_threads)
+    order = _order(d, r, ids)
+    return d[order], r[order]
+
+
+def _split(scan, a: _Scan, n_threads: int) -> tuple[np.ndarray, ...]:
+    """scan(lo, hi) -> (..., rows) over a.start:a.stop, on up to n_threads threads (each slice >= 250k rows); the
+    per-slice top-k are concatenated and cut to the a.k best by (first array, id), unordered beyond that cut.
+
+    Each thread keeps its own exact top-k of its slice (the global top-k is a subset of their union under the same
+    (score, id) order). The calling thread scans the last slice itself, so one request never waits on a busy pool
+    for all of its work.
+    """
     n_threads = max(1, min(int(n_threads), (a.stop - a.start) // _MIN_ROWS_PER_THREAD))
     if n_threads == 1:
-        return top_k(q, codes, k, ids=ids, exclude=exclude, start=start, stop=stop)
+        return scan(a.start, a.stop)
     bounds = np.linspace(a.start, a.stop, n_threads + 1).astype(np.int64)
-
-    def one(i: int) -> tuple[np.ndarray, np.ndarray]:
-        return _top_k_range(a.q, a.codes, int(bounds[i]), int(bounds[i + 1]), a.k, a.ids, a.use_ids, a.exclude,
-                            a.use_exclude)
-
-    # The calling thread scans the last slice itself, so one request never waits on a busy pool for all of its work.
-    futures = [_pool().submit(one, i) for i in range(n_threads - 1)]
-    parts = [one(n_threads - 1)] + [f.result() for f in futures]
-    d = np.concatenate([p[0] for p in parts])
-    r = np.concatenate([p[1] for p in parts])
-    key = a.ids[r] if a.use_ids else r
-    order = np.lexsort((key, d))[:a.k]
-    return d[order], r[order]
+    futures = [_pool().submit(scan, int(bounds[i]), int(bounds[i + 1])) for i in range(n_threads - 1)]
+    parts = [scan(int(bounds[-2]), int(bounds[-1]))] + [f.result() for f in futures]
+    cols = [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+    rows = cols[-1]
+    keep = np.lexsort((a.ids[rows] if a.use_ids else rows, cols[0]))[: a.k]
+    return tuple(c[keep] for c in cols)
 
 
 def top_k_reference(

@@ -169,8 +169,10 @@ def refined_search(
     offset: int = 0,
     colour_weight: float = 0.0,
     refinement: Refinement = Refinement(),
+    threads: int = 1,
 ) -> RefinedResult:
     """snap.search restricted and re-weighted by `refinement`; without one it returns exactly snap.search's hits.
+    threads: as in IndexSnapshot.search (large range scans split across threads, identical results).
 
     code: uint8 (n_bytes,) or None when refinement.appearance is False; colour: the photo's histogram (float32
     (n_bins,)) or None. Hits [offset, offset + k) by (score, listing id) within the constraint.
@@ -203,7 +205,7 @@ def refined_search(
     # for 1000 hits it costs more than the scan (a binary search per hit in every query attribute's full list).
     full = snap.search(code=code, colour=q_colour, category_id=category_id,
                        attribute_ids=() if deep else attribute_ids, k=max(page_end, int(ref.facets)), offset=0,
-                       colour_weight=w, rows_filter=rows_filter)
+                       colour_weight=w, rows_filter=rows_filter, threads=threads)
     facets = _facets(snap, full.listing_ids[: ref.facets], category_id) if ref.facets else None
     page = _slice(full, int(offset), page_end)
     if deep and len(attribute_ids):

@@ -281,8 +281,8 @@ class IndexSnapshot:
         "category" every row of the category (exact, the default); "union" rows having any of attribute_ids;
         "vote" rows having at least min_votes of them; "intersection" rows having all of them. A posting strategy
         with fewer than min_candidates candidates (per segment) falls back to "category".
-        threads > 1 splits large Hamming-only range scans (category None, or a category of millions of rows) across
-        that many threads (shared.codes.hamming.top_k_parallel); results are identical.
+        threads > 1 splits large range scans (category None, or a category of millions of rows) across that many
+        threads (shared.codes.hamming: top_k_parallel, top_k_blended(n_threads=)); results are identical.
         rows_filter(segment, c, lo, hi) -> int32 rows (ascending, within [lo, hi)), or a uint8 (segment.n,) mask of
         rows to skip in [lo, hi) (replacing the tombstones, so it must include them), or None (the whole range): the
         exact candidates of each segment, replacing the strategy (shared.index.refine uses it for edits).
@@ -339,7 +339,7 @@ class IndexSnapshot:
             else:
                 s, d, cl1, r = top_k_blended(
                     q, seg.codes, depth, aux_q=qc, aux=seg.colours, weight=w, n_bits=self.n_bits,
-                    aux_scale=COLOUR_L1_SCALE, ids=seg.ids, exclude=exclude, **span,
+                    aux_scale=COLOUR_L1_SCALE, ids=seg.ids, exclude=exclude, n_threads=threads, **span,
                 )
             parts.append((seg, s, d, r, cl1))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.codes.hamming import hamming_distances, top_k, top_k_parallel, top_k_reference
+from shared.codes.hamming import hamming_distances, top_k, top_k_blended, top_k_parallel, top_k_reference
 
 # 64 and 72 bits take the scalar word/byte loops, 128/256/512/1024 the 8-rows-at-a-time vector path, 200 the byte path.
 WIDTHS = [64, 72, 128, 200, 256, 512, 1024]
@@ -151,6 +151,12 @@ def test_parallel_matches_serial(n_bits: int) -> None:
     pd, pidx = top_k_parallel(q, codes, 100, ids=ids, n_threads=2)
     np.testing.assert_array_equal(pidx, idx)
     np.testing.assert_array_equal(pd, d)
+    aux = rng.integers(0, 3, size=(600_000, 8), dtype=np.uint8)  # ties in the blended score too
+    exclude = (rng.random(600_000) < 0.1).astype(np.uint8)
+    kw = dict(aux_q=aux[3], aux=aux, weight=0.4, n_bits=n_bits, aux_scale=16.0, ids=ids, exclude=exclude)
+    serial = top_k_blended(q, codes, 100, **kw)
+    for got, want in zip(top_k_blended(q, codes, 100, n_threads=2, **kw), serial):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize(
@@ -204,3 +210,4 @@ def test_rows_listing_one_row_many_times_stays_bounded() -> None:
     np.testing.assert_array_equal(idx, ridx)
     np.testing.assert_array_equal(d, rd)
     assert (idx == 7).all()
+
