@@ -35,6 +35,7 @@ DELEGATED: dict[str, dict[str, tuple[str, str]]] = {
         "search": ("bench.search", "end-to-end search latency, daemon load time and RAM"),
         "shards": ("bench.shards", "one index in N shards vs one snapshot: search time, exact merge"),
         "merge": ("bench.merge", "freshness while the delta is merged: inline vs beside the change loop"),
+        "bulkload": ("bench.bulkload", "the daemon's bulk load (COPY vs aggregate) and restart from a snapshot file"),
     },
     "data": {
         "report": ("training.data_report", "label coverage of a data folder"),
