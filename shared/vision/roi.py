@@ -117,6 +117,12 @@ def build_roi_detector(*, num_classes: int = NUM_CLASSES, weights: str | Path | 
     return detector
 
 
+def set_serving_size(net: FasterRCNN, size: int) -> None:
+    """Resize inputs so that their longer side is `size` px (min_size == max_size), e.g. to test a resolution."""
+    net.transform.min_size = (int(size),)
+    net.transform.max_size = int(size)
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

@@ -254,6 +254,39 @@ def test_train_resume_and_evaluate_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert res["per_class"]["footwear"]["n_gt_all"] == 1 and res["per_class"]["footwear"]["n_gt_listing"] == 0
     recorded = json.loads((out / "export" / "manifest.json").read_text())["metrics"]["train"]
     assert recorded["guided"] == res["guided"]
+    # A fine-tune continuation from that checkpoint with scale / colour jitter and street photos repeated.
+    ft = tmp_path / "ft"
+    assert train.main(common[:2] + ["--out", str(ft)] + common[4:] + [
+        "--max-steps", "1", "--init-from", str(out / "export"), "--train-sizes", "64,96", "--colour-jitter", "0.3",
+        "--street-repeat", "2"]) == 0
+    assert "--init-from" in json.loads((ft / "export" / "manifest.json").read_text())["command"]
+    capsys.readouterr()
+    assert evaluate.main(["--data", str(data), "--split", "train", "--checkpoint", str(ft / "export"), "--json",
+                          "--latency-images", "0", "--size", "96", "--datasets", "colorful_fashion"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["size"] == 96 and res["datasets"] == {"colorful_fashion": 1}
+
+
+def test_scale_jitter_restores_serving_size_and_street_repeat() -> None:
+    net = roi.build_roi_detector(rpn_pre_nms_top_n_train=20, rpn_post_nms_top_n_train=10, box_batch_size_per_image=8)
+    roi.freeze_backbone_bn_and_stem(net)
+    net.train()
+    s = ddata.DetectionSample(id="a", dataset="colorful_fashion", path=Path("a"), split="train", width=40, height=60,
+                              boxes=np.array([[5, 5, 30, 50]], np.float32), labels=np.array([CAT["dress"]]),
+                              guided_category=CAT["dress"], box_source="annotated")
+    p = ddata.DetectionSample(**{**s.__dict__, "id": "b", "dataset": "myntra_small"})
+    pixels = [torch.randint(0, 255, (3, 60, 40), dtype=torch.uint8)] * 2
+    seen = []
+    opt = torch.optim.SGD([q for q in net.parameters() if q.requires_grad], lr=1e-4)
+    import random
+    engine.train_steps(net, opt, [s, p], pixels, [[0], [1]], device=torch.device("cpu"), rng=random.Random(0),
+                       on_step=lambda losses: seen.append(losses["loss"]) or True, sizes=(64, 96), colour=0.3)
+    assert len(seen) == 2 and net.transform.max_size == roi.SERVING_SIZE
+    batches = engine.epoch_batches([s, p], 1, seed=0, epoch=0, repeat={"colorful_fashion": 3})
+    assert sorted(i for b in batches for i in b) == [0, 0, 0, 1]
+    img = torch.rand(3, 8, 8)
+    out = engine.colour_jitter(img, random.Random(1), 0.3)
+    assert out.shape == img.shape and 0 <= out.min() and out.max() <= 1
 
 
 # ------------------------------------------------------------------------------- shipped checkpoint
@@ -349,6 +382,37 @@ def test_item_category_never_contradicts_the_box() -> None:
     assert cat == CAT["shirt"] and conf > 0.9 and len(searched) == 1
     cat, source, conf, searched = item_category(TAX, None, CAT["bag"], 0.5)  # no detection: the image decides
     assert (cat, source, searched) == (CAT["bag"], "image", [(CAT["bag"], 0.5)])
+
+
+def test_ranker_fit_shrinks_to_the_area_score_rule_and_folds_are_stable() -> None:
+    from shared.vision.items import area_score_ranker
+    from training.detector import ranker
+
+    rng = np.random.default_rng(0)
+    feats, pos, ids = [], [], []
+    for k in range(40):  # the positive is the largest item in 3 of 4 photos, else the highest-scoring one
+        n = 3
+        boxes = [(0, 0, 20 + 10 * j + rng.integers(0, 5), 30) for j in range(n)]
+        scores = rng.uniform(0.3, 0.99, n)
+        its = [ranker.vitems.Item(xyxy=tuple(map(float, b)), category_id=CAT["shirt"], score=float(sc))
+               for b, sc in zip(boxes, scores)]
+        feats.append(ranker.vitems.item_features(its, 100, 100))
+        p = np.zeros(n, bool)
+        p[n - 1 if k % 4 else int(np.argmax(scores))] = True
+        pos.append(p)
+        ids.append(f"cfd_{k}")
+    photos = ranker.Photos(feats, pos, ["colorful_fashion"] * 40, ids)
+    prior = area_score_ranker()
+    w, mean, std = ranker.fit(photos, l2=1e6, mask=ranker.feature_mask("size"), prior=True)
+    # A huge penalty gives back the prior rule: the same first item in every photo.
+    assert (ranker.first_item_hits(photos, w, mean, std) == ranker.first_item_hits(photos, prior.weights, prior.mean,
+                                                                                      prior.std)).all()
+    assert not ranker.feature_mask("size")[ranker.vitems.FEATURES_NUMERIC.index("score")]
+    assert ranker.feature_mask("all").all() and not ranker.feature_mask("prior").any()
+    assert [ranker.fold_of(i, 5) for i in ids] == [ranker.fold_of(i, 5) for i in ids]
+    cfg = ranker.Config(0.8, 0.1, "size", 0.1)
+    hits = ranker.cross_validate(cfg, ranker.Photos([], [], [], []), photos, folds=4)
+    assert hits.shape == (40,) and hits.mean() >= 0.5
 
 
 def test_option1_metrics_on_hand_made_photos() -> None:

@@ -14,14 +14,16 @@ from training.detector.data import DetectionSample, to_target
 IOU_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def epoch_batches(samples: Sequence[DetectionSample], batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(samples: Sequence[DetectionSample], batch_size: int, *, seed: int, epoch: int,
+                  repeat: dict[str, int] | None = None) -> list[list[int]]:
     """Deterministic batches for one epoch: portrait and landscape images are batched apart (less
     padding, as torchvision's GroupedBatchSampler does), shuffled by (seed, epoch) so a resumed run sees
-    exactly the batches the interrupted one would have."""
+    exactly the batches the interrupted one would have. repeat: dataset -> times each of its images
+    occurs per epoch (default 1), to emphasise a source."""
     rng = random.Random(seed * 100_003 + epoch)
     groups: dict[bool, list[int]] = {True: [], False: []}
     for i, s in enumerate(samples):
-        groups[s.height >= s.width].append(i)
+        groups[s.height >= s.width] += [i] * (repeat or {}).get(s.dataset, 1)
     batches = []
     for idx in groups.values():
         rng.shuffle(idx)
@@ -30,15 +32,42 @@ def epoch_batches(samples: Sequence[DetectionSample], batch_size: int, *, seed: 
     return batches
 
 
+def colour_jitter(img: torch.Tensor, rng: random.Random, strength: float) -> torch.Tensor:
+    """Random brightness, contrast and saturation factors in [1 - strength, 1 + strength] on a float
+    (3, h, w) image in [0, 1]."""
+    if strength <= 0:
+        return img
+    b, c, s = (1 + rng.uniform(-strength, strength) for _ in range(3))
+    img = img * b
+    img = (img - img.mean()) * c + img.mean()
+    grey = img.mean(0, keepdim=True)
+    return ((img - grey) * s + grey).clamp_(0.0, 1.0)
+
+
 def train_steps(net: FasterRCNN, optimizer: torch.optim.Optimizer, samples: Sequence[DetectionSample], pixels: Sequence[torch.Tensor], batches: Iterable[list[int]],
                 *, device: torch.device, rng: random.Random,
-                on_step: Callable[[dict[str, float]], bool]) -> None:
-    """Run one optimizer step per batch (horizontal flip with p=0.5); `on_step` gets the losses and
-    returns False to stop early (time budget spent)."""
+                on_step: Callable[[dict[str, float]], bool], sizes: Sequence[int] = (),
+                colour: float = 0.0) -> None:
+    """Run one optimizer step per batch (horizontal flip with p=0.5; colour jitter of `colour` strength;
+    each batch resized so its longer side is a random one of `sizes`, the serving size when empty);
+    `on_step` gets the losses and returns False to stop early (time budget spent)."""
+    serving = (net.transform.min_size, net.transform.max_size)
+    try:
+        _train_steps(net, optimizer, samples, pixels, batches, device=device, rng=rng, on_step=on_step,
+                     sizes=sizes, colour=colour)
+    finally:
+        net.transform.min_size, net.transform.max_size = serving
+
+
+def _train_steps(net, optimizer, samples, pixels, batches, *, device, rng, on_step, sizes, colour) -> None:
     for batch in batches:
+        if sizes:
+            size = rng.choice(list(sizes))
+            net.transform.min_size, net.transform.max_size = (size,), size
         imgs, targets = [], []
         for i in batch:
             img, tgt = to_target(samples[i], pixels[i], flip=rng.random() < 0.5)
+            img = colour_jitter(img, rng, colour)
             imgs.append(img.to(device))
             targets.append({k: v.to(device) for k, v in tgt.items()})
         losses = net(imgs, targets)

@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--score-threshold", type=float, default=0.3, help="detect_rois threshold for fallback stats")
     p.add_argument("--device", default="auto", help="auto / cpu / cuda for the mAP pass (latency is always CPU)")
     p.add_argument("--ranker", type=Path, default=None, help="item ranker JSON (default models/ranker/ranker.json)")
+    p.add_argument("--size", type=int, default=0,
+                   help="serve the checkpoint at this longer side in px instead of its manifest's (0 = manifest)")
+    p.add_argument("--datasets", default="", help="comma-separated datasets to keep (default all), e.g. colorful_fashion")
     return p.parse_args(argv)
 
 
@@ -209,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
+    if args.size:
+        roi.set_serving_size(loaded.net, args.size)
     items = ddata.select_items(data_dir, splits=(args.split,))
+    if args.datasets:
+        keep = {d.strip() for d in args.datasets.split(",") if d.strip()}
+        items = [it for it in items if it.dataset in keep]
     if args.limit:
         items = items[: args.limit]
     if not items:
@@ -220,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {"split": args.split, "n_images": len(samples),
            "datasets": {d: sum(s.dataset == d for s in samples) for d in sorted({s.dataset for s in samples})},
            "checkpoint": str(args.checkpoint or roi.DEFAULT_CHECKPOINT_DIR), "data_dir": str(data_dir),
-           "score_threshold": args.score_threshold}
+           "score_threshold": args.score_threshold, "size": int(loaded.net.transform.max_size)}
     ranker = vitems.load_ranker(args.ranker)
     res["ranker"] = ranker.version
     res.update(evaluate(loaded, samples, pixels, score_threshold=args.score_threshold, progress=bar.update,

@@ -58,6 +58,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "var" / "detector" / "cache",
                    help="decoded images + product boxes, reused across runs")
     p.add_argument("--no-val", action="store_true", help="skip the final validation pass")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this detector checkpoint (dir with detector.safetensors) instead of ImageNet: "
+                        "a fine-tune continuation")
+    p.add_argument("--train-sizes", default="",
+                   help="comma-separated longer sides in px; each batch is resized to a random one (scale jitter; "
+                        "default: --size only)")
+    p.add_argument("--colour-jitter", type=float, default=0.0,
+                   help="random brightness / contrast / saturation factors in [1 - x, 1 + x] (0 = off)")
+    p.add_argument("--street-repeat", type=int, default=1,
+                   help="each Colorful Fashion street photo occurs this many times per epoch")
     return p.parse_args(argv)
 
 
@@ -115,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("training on %d images (%s), data hash %s", len(samples),
                 {d: sum(s.dataset == d for s in samples) for d in sorted({s.dataset for s in samples})}, data_hash[:12])
 
-    net = roi.build_roi_detector(num_classes=len(tax.categories) + 1, pretrained_backbone=True,
-                                 min_size=args.size, max_size=args.size,
+    net = roi.build_roi_detector(num_classes=len(tax.categories) + 1, pretrained_backbone=args.init_from is None,
+                                 weights=args.init_from, min_size=args.size, max_size=args.size,
                                  # Fewer proposals and sampled RoIs than torchvision's defaults: 2-6 boxes
                                  # per image need no more, and the box head is most of a CPU step.
                                  rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
@@ -125,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     roi.freeze_backbone_bn_and_stem(net)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    steps_per_epoch = len(engine.epoch_batches(samples, args.batch_size, seed=args.seed, epoch=0))
+    repeat = {ds: args.street_repeat for ds in ddata.STREET_DATASETS}
+    sizes = tuple(int(x) for x in args.train_sizes.split(",") if x.strip())
+    steps_per_epoch = len(engine.epoch_batches(samples, args.batch_size, seed=args.seed, epoch=0, repeat=repeat))
     total = steps_per_epoch * args.epochs
     if args.max_steps:
         total = min(total, args.max_steps)
@@ -168,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     set_lr()
     while step < total and progress() < 1.0:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        batches = engine.epoch_batches(samples, args.batch_size, seed=args.seed, epoch=epoch)[in_epoch:]
+        batches = engine.epoch_batches(samples, args.batch_size, seed=args.seed, epoch=epoch, repeat=repeat)[in_epoch:]
         batches = batches[: total - step]
         rng = random.Random(args.seed * 7919 + step)  # flips depend on the step: same after a resume
 
@@ -185,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             set_lr()
             return progress() < 1.0
 
-        engine.train_steps(net, optimizer, samples, pixels, batches, device=device, rng=rng, on_step=on_step)
+        engine.train_steps(net, optimizer, samples, pixels, batches, device=device, rng=rng, on_step=on_step,
+                           sizes=sizes, colour=args.colour_jitter)
     bar.close()
     save()
     train_seconds = elapsed_before + time.time() - started
