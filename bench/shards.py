@@ -16,7 +16,6 @@ decoding): no HTTP, no JSON. CPU time of the thread is printed next to wall time
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from numba import njit  # noqa: E402
 
+from bench.common import emit  # noqa: E402
 from bench.postings import Catalogue  # noqa: E402
 from shared.index.arrays import ItemArrays  # noqa: E402
 from shared.index.shards import merge_hits  # noqa: E402
@@ -194,10 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     r = run(args.items, args.shards, args.queries, args.seed, args.cache)
-    if args.json:
-        print(json.dumps(r))
-    else:
-        _print_table(r)
+    emit(r, args.json, _print_table)
     return 0 if r["mismatches"] == 0 else 1
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from numba import njit
 
 from shared.index.arrays import ItemArrays
 
@@ -57,6 +58,27 @@ def _dense_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys, lookup[shifted]
 
 
+@njit(cache=True, nogil=True)
+def _postings_by_attribute(order, attr_offsets, values, lookup, shift, n_attr):
+    """(entries per attribute int64 (n_attr,), rows int32 (nnz,) grouped by attribute, ascending within one): the
+    attribute entries of items order[0], order[1], ... (new rows 0, 1, ...), counting-sorted by attribute index
+    lookup[value - shift] (shift -1: lookup is already per entry)."""
+    counts = np.zeros(n_attr, dtype=np.int64)
+    for e in range(values.shape[0]):
+        counts[lookup[e] if shift == -1 else lookup[values[e] - shift]] += 1
+    pos = np.zeros(n_attr, dtype=np.int64)
+    for a in range(1, n_attr):
+        pos[a] = pos[a - 1] + counts[a - 1]
+    rows = np.empty(values.shape[0], dtype=np.int32)
+    for new_row in range(order.shape[0]):
+        i = order[new_row]
+        for e in range(attr_offsets[i], attr_offsets[i + 1]):
+            a = lookup[e] if shift == -1 else lookup[values[e] - shift]
+            rows[pos[a]] = new_row
+            pos[a] += 1
+    return counts, rows
+
+
 @dataclass(frozen=True, eq=False)
 class Segment:
     """Category-sorted arrays for a set of items; immutable once built (see the module docstring for the layout)."""
@@ -82,8 +104,8 @@ class Segment:
     def build(cls, items: ItemArrays, padded_bytes: int) -> Segment:
         """Sort items by (category, listing id) and index their attributes.
 
-        One O(n log n) sort of the ids; everything else is counting sorts and gathers, O(n + nnz): ~1 s for 1M items
-        with 10 attributes each on this machine, dominated by memory traffic.
+        One O(n log n) sort of the ids; everything else is counting sorts and gathers, O(n + nnz), dominated by
+        memory traffic (bench/bulkload.py prints the time at 10M).
         """
         n = len(items)
         by_id = np.argsort(items.ids)
@@ -104,20 +126,22 @@ class Segment:
         colours = items.colours.take(order, axis=0)
         cat_offsets = np.zeros(cat_keys.shape[0] + 1, dtype=np.int64)
         np.cumsum(np.bincount(cat_index, minlength=cat_keys.shape[0]), out=cat_offsets[1:])
-        # Postings: the attribute entries in new row order (a CSR gather), then a stable counting sort by attribute,
-        # so every attribute's rows come out ascending.
-        counts = np.diff(items.attr_offsets)[order]
-        new_offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts, out=new_offsets[1:])
-        src = np.repeat(items.attr_offsets[:-1][order] - new_offsets[:-1], counts) + np.arange(new_offsets[-1])
-        attr_keys, attr_index = _dense_codes(items.attribute_ids)
-        entry_attr = attr_index[src].astype(_small_int(attr_keys.shape[0]))
-        entry_rows = np.repeat(np.arange(n, dtype=np.int32), counts)
-        perm = np.argsort(entry_attr, kind="stable")
-        sorted_attr = np.repeat(np.arange(attr_keys.shape[0], dtype=entry_attr.dtype),
-                                np.bincount(entry_attr, minlength=attr_keys.shape[0]))
-        return cls._from_sorted(ids, codes, colours, cat_keys, cat_offsets, attr_keys, sorted_attr,
-                                entry_rows[perm])
+        # Postings: one counting sort by attribute over the entries in new row order (compiled: one pass to count,
+        # one to place), so every attribute's rows come out ascending.
+        values = items.attribute_ids
+        lo = int(values.min()) if values.shape[0] else 0
+        hi = int(values.max()) if values.shape[0] else 0
+        if hi - lo > 1 << 24:  # not smallint-like: a lookup table would be too large
+            attr_keys, attr_index = _dense_codes(values)
+            lookup, shift = attr_index, -1
+        else:
+            present = np.bincount(values - lo, minlength=hi - lo + 1) > 0
+            attr_keys = np.flatnonzero(present).astype(np.int64) + lo
+            lookup, shift = (np.cumsum(present) - 1).astype(np.int64), lo
+        attr_counts, entry_rows = _postings_by_attribute(order, items.attr_offsets, values, lookup, shift,
+                                                         attr_keys.shape[0])
+        sorted_attr = np.repeat(np.arange(attr_keys.shape[0], dtype=_small_int(attr_keys.shape[0])), attr_counts)
+        return cls._from_sorted(ids, codes, colours, cat_keys, cat_offsets, attr_keys, sorted_attr, entry_rows)
 
     @classmethod
     def _from_sorted(
