@@ -258,7 +258,7 @@ def analyze(models: Models, image: Image.Image, *, title: str = "", description:
                                           rect=rect, source=source, item=item, detections=detections)])[0]
 
 
-def analyze_batch(models: Models, requests: Sequence[Request], *, batch_size: int = 32) -> list[Analysis]:
+def analyze_batch(models: Models, requests: Sequence[Request], *, batch_size: int | None = None) -> list[Analysis]:
     """`analyze` for many photos: the per-photo steps (text category, detector, region choice) one photo at a time,
     the attribute and appearance networks once per batch (their CPU time per crop falls ~2x from batch 1 to 8).
     Raises on the first bad request: callers that need one bad photo to fail alone retry one by one."""
@@ -268,6 +268,8 @@ def analyze_batch(models: Models, requests: Sequence[Request], *, batch_size: in
 
     if not requests:
         return []
+    if batch_size is None:  # per network pass; on CPU 8 costs less per crop than 32 (measured: ~20 % less)
+        batch_size = 8 if models.detector.device.type == "cpu" else 64
     tax = models.taxonomy
     t = time.perf_counter()
     todo = [i for i, r in enumerate(requests) if r.detections is None]

@@ -63,8 +63,8 @@ class MBConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x
         if self.has_expand:
-            y = F.relu6(self._bn0(self._expand_conv(y)))
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+            y = F.relu6(self._bn0(self._expand_conv(y)), inplace=True)
+        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
         y = self._bn2(self._project_conv(y))
         return y + x if self.use_residual else y
 
@@ -91,7 +91,7 @@ class EfficientNetLite0(nn.Module):
 
     def forward_maps(self, x: torch.Tensor, *, upto: int = 32) -> dict[int, torch.Tensor]:
         """Feature maps keyed by stride (8, 16, 32), computing only up to stride `upto`."""
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         maps: dict[int, torch.Tensor] = {}
         last = STRIDE_BLOCKS[upto]
         for i, block in enumerate(self._blocks[: last + 1]):

@@ -3,6 +3,7 @@ and nothing lost or duplicated when a worker is killed, Redis goes away, or the 
 from __future__ import annotations
 
 import io
+import signal
 import time
 
 import pytest
@@ -10,7 +11,7 @@ import requests
 from PIL import Image
 from sqlalchemy import func, select, text
 
-from shared.db.models import Job, Listing, ListingCategory, Posting
+from shared.db.models import Change, Job, Listing, ListingCategory, Posting
 from tests.hostile_urls import HOSTILE_URLS
 
 pytestmark = pytest.mark.integration
@@ -109,39 +110,81 @@ def test_processing_a_job_twice_changes_nothing(live_system, engine):
     assert before == after and len(after) == 1 and changed == 0
 
 
-def test_kill_9_worker_mid_batch_loses_and_duplicates_nothing(live_system, engine):
-    api = live_system.api_url
-    photos = [r.image_path.read_bytes() for r in live_system.sample_rows[:20]]
-    ids = []
-    for i in range(200):
-        r = _post(api, "kill9", f"k-{i}", photos[i % len(photos)], title=f"Item {i} cotton T-shirt")
-        assert r.status_code == 202
-        ids.append(r.json()["listing_id"])
-    # Let the worker get going, then kill it (and its pool children) without warning.
-    deadline = time.monotonic() + 120
-    while True:
-        with engine.connect() as c:
-            done = c.execute(select(func.count()).where(Listing.id.in_(ids), Listing.status == "ready")).scalar_one()
-        if done >= 20 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    live_system.kill("worker")
-    with engine.connect() as c:
-        done_at_kill = c.execute(select(func.count()).where(Listing.id.in_(ids),
-                                                            Listing.status == "ready")).scalar_one()
-    assert 0 < done_at_kill < 200, "kill did not land in the middle of the batch"
-    live_system.start("worker")
+def _restart_worker(live_system, **overrides) -> None:
+    """Stop the worker and start it again with some settings replaced (the system's own settings are kept)."""
+    live_system.kill("worker", signal.SIGTERM)
+    original = live_system.settings
+    live_system.settings = original.with_overrides(**overrides)
+    try:
+        live_system.start("worker")
+    finally:
+        live_system.settings = original
     live_system.wait_ready("worker")
-    _wait_settled(engine, ids, timeout_s=300)
+
+
+def _just_claimed_jobs(engine, ids, lease_s: int, within_s: float = 0.3) -> list[int]:
+    """Jobs of these listings whose lease was taken (or renewed) in the last `within_s`: their pipeline is running."""
     with engine.connect() as c:
-        statuses = dict(c.execute(select(Listing.status, func.count()).where(Listing.id.in_(ids))
-                                  .group_by(Listing.status)).all())
-        postings = c.execute(select(Posting.listing_id, func.count()).where(Posting.listing_id.in_(ids))
-                             .group_by(Posting.listing_id)).all()
-        jobs_done = c.execute(select(func.count()).where(Job.listing_id.in_(ids), Job.status == "done")).scalar_one()
-    assert statuses == {"ready": 200}
-    assert len(postings) == 200 and all(n == 1 for _, n in postings)
-    assert jobs_done == 200
+        return c.execute(select(Job.id).where(
+            Job.listing_id.in_(ids), Job.status == "running",
+            Job.lease_until >= func.now() + text(f"interval '{lease_s - within_s} seconds'"))).scalars().all()
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+def test_kill_9_worker_mid_batch_loses_and_duplicates_nothing(live_system, engine, batch):
+    api = live_system.api_url
+    lease_s = live_system.settings.job_lease_s
+    if batch != 1:
+        _restart_worker(live_system, worker_batch=batch)
+    try:
+        photos = [r.image_path.read_bytes() for r in live_system.sample_rows[:20]]
+        ids = []
+        for i in range(200):
+            r = _post(api, f"kill9-{batch}", f"k-{i}", photos[i % len(photos)], title=f"Item {i} cotton T-shirt")
+            assert r.status_code == 202
+            ids.append(r.json()["listing_id"])
+        # Let the worker get going, then kill it (and its pool children) without warning, just after it took a
+        # job: that job's pipeline is certainly running at the kill.
+        deadline = time.monotonic() + 180
+        while True:
+            with engine.connect() as c:
+                done = c.execute(select(func.count()).where(Listing.id.in_(ids),
+                                                            Listing.status == "ready")).scalar_one()
+            if done >= 20 and _just_claimed_jobs(engine, ids, lease_s):
+                break
+            assert time.monotonic() < deadline, "the worker never got going"
+            time.sleep(0.02)
+        live_system.kill("worker")
+        with engine.connect() as c:
+            done_at_kill = c.execute(select(func.count()).where(Listing.id.in_(ids),
+                                                                Listing.status == "ready")).scalar_one()
+            # Nothing runs now: every job still `running` was in flight in the killed worker.
+            in_flight = dict(c.execute(select(Job.id, Job.attempts).where(Job.listing_id.in_(ids),
+                                                                          Job.status == "running")).all())
+        assert 0 < done_at_kill < 200, "kill did not land in the middle of the batch"
+        assert in_flight, "no job was mid-flight at the kill"
+        live_system.start("worker") if batch == 1 else _restart_worker(live_system, worker_batch=batch)
+        live_system.wait_ready("worker")
+        _wait_settled(engine, ids, timeout_s=300)
+        with engine.connect() as c:
+            statuses = dict(c.execute(select(Listing.status, func.count()).where(Listing.id.in_(ids))
+                                      .group_by(Listing.status)).all())
+            postings = c.execute(select(Posting.listing_id, func.count()).where(Posting.listing_id.in_(ids))
+                                 .group_by(Posting.listing_id)).all()
+            changes = dict(c.execute(select(Change.listing_id, func.count()).where(Change.listing_id.in_(ids))
+                                     .group_by(Change.listing_id)).all())
+            jobs = {j.id: j for j in c.execute(select(Job.id, Job.status, Job.attempts)
+                                                .where(Job.listing_id.in_(ids))).all()}
+        assert statuses == {"ready": 200}
+        assert len(postings) == 200 and all(n == 1 for _, n in postings)
+        # One change row per listing: no job's writes landed twice, none was lost.
+        assert len(changes) == 200 and set(changes.values()) == {1}, sorted(changes.items())[:5]
+        assert sum(j.status == "done" for j in jobs.values()) == 200
+        # The jobs in flight at the kill were taken again after their lease ran out, and finished.
+        assert all(jobs[j].status == "done" and jobs[j].attempts > a for j, a in in_flight.items())
+    finally:
+        if batch != 1:
+            _restart_worker(live_system)
 
 
 def test_redis_outage_during_intake_loses_nothing(live_system, engine, embedded_services):
