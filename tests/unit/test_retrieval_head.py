@@ -54,3 +54,21 @@ def test_export_head_keeps_the_encoder_and_changes_the_version(tmp_path) -> None
     assert meta["head"]["from"] == ex.version
     np.testing.assert_allclose(out.projection, proj.numpy(), rtol=1e-2, atol=1e-2)
     assert (tmp_path / "out" / "encoder.safetensors").read_bytes() == (tmp_path / "src" / "encoder.safetensors").read_bytes()
+
+
+def test_cache_key_ignores_the_unused_head_conv() -> None:
+    """A features folder ships no head conv (randomly initialised at load): the cache key must not depend on it,
+    or every process re-encodes the whole folder."""
+    from training.retrieval.data import encoder_tag
+
+    torch.manual_seed(1)
+    a = build_encoder("efficientnet_lite0")
+    torch.manual_seed(2)
+    b = build_encoder("efficientnet_lite0")
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if not k.startswith(("_conv_head.", "_bn1."))},
+                      strict=False)
+    assert not torch.equal(a._conv_head.weight, b._conv_head.weight)
+    assert encoder_tag(a) == encoder_tag(b)
+    with torch.no_grad():
+        b._blocks[5]._project_conv.weight.add_(1e-3)
+    assert encoder_tag(a) != encoder_tag(b)

@@ -128,10 +128,17 @@ def altered_crop(item: RetrievalItem, seed: int = ALTER_SEED) -> Image.Image:
 # cache of what does not change between tuning runs: pooled maps and colour histograms per (encoder, variant)
 
 
+_UNUSED_HEAD = ("_conv_head.", "_bn1.", "_fc.")
+
+
 def encoder_tag(encoder: nn.Module) -> str:
-    """A short hash of the encoder's class and weights (cache key: a fine-tuned encoder gets its own cache)."""
+    """A short hash of the encoder's class and weights (cache key: a fine-tuned encoder gets its own cache). The head
+    conv after stride 32 is left out: the pooled maps never use it, and a features folder does not ship it (it is
+    randomly initialised there, which made the key differ between processes)."""
     h = hashlib.sha1(type(encoder).__name__.encode())
     for name, t in encoder.state_dict().items():
+        if name.startswith(_UNUSED_HEAD):
+            continue
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:12]
