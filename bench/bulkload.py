@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import sys
@@ -110,7 +111,8 @@ def fill(items: ItemArrays, chunk: int = 1_000_000) -> float:
         cur.copy_expert("COPY stage FROM STDIN (FORMAT binary)", io.BytesIO(body))
     cur.execute(f"""INSERT INTO postings (generation_id, listing_id, category_id, attribute_ids, code, colour,
                                           listing_version)
-                    SELECT {GENERATION}, listing_id, category_id, attrs[1:n], code, colour, 1 FROM stage""")
+                    SELECT {GENERATION}, listing_id, category_id, attrs[1:n], code, colour, 1 FROM stage
+                    ORDER BY listing_id""")  # rows in id order, as a table written as listings arrive
     cur.execute("DROP TABLE stage")
     conn.commit()
     conn.autocommit = True
@@ -232,8 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="the scratch database already holds these items")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database afterwards")
     parser.add_argument("--skip-aggregate", action="store_true", help="do not time the previous (aggregate) loader")
+    parser.add_argument("--fill-only", action="store_true", help="only fill the scratch database (then --reuse)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
+    if args.fill_only:
+        print(json.dumps({"items": args.items, "fill_s": round(fill(catalogue(args.items, 0, args.cache)[0]), 1)}))
+        return 0
     r = run(args.items, args.cache, args.reuse, args.keep, args.skip_aggregate)
     emit(r, args.json, _print_table)
     return 0 if r["all_equal"] else 1

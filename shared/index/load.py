@@ -225,13 +225,15 @@ def load_items(
 # sending them), and one compiled pass over the stream turns them into columns (`arrays_from_copy`, ~50 ns a row).
 # A row is n_fields int16 (5), then per field an int32 length and the value, big-endian: listing_id int64,
 # category_id int16, code, colour, attribute_ids int2[] (ndim, flags, element oid, [length, lower bound], then per
-# element int32 length + int16). The ranges are read on several connections at once, each inside the caller's
-# exported snapshot (SET TRANSACTION SNAPSHOT), so together they are exactly what one REPEATABLE READ transaction
-# sees. `where` may restrict the rows further (a shard's mod(listing_id, N) = i).
+# element int32 length + int16). The table is split into ranges of heap blocks (a TID range scan, PostgreSQL 14+:
+# each part reads only its own blocks, in storage order; ranges of listing ids made the planner scan the whole table
+# once per part), read on several connections at once, each inside the caller's exported snapshot (SET TRANSACTION
+# SNAPSHOT), so together they are exactly what one REPEATABLE READ transaction sees. `where` may restrict the rows
+# further (a shard's mod(listing_id, N) = i).
 COPY_SQL = """
 COPY (SELECT listing_id, category_id, code, colour, attribute_ids
       FROM postings
-      WHERE generation_id = {generation_id} AND listing_id >= {lo} AND listing_id < {hi}{where})
+      WHERE ctid >= '({lo},0)'::tid{below} AND generation_id = {generation_id}{where})
 TO STDOUT (FORMAT binary)
 """
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00"
@@ -331,27 +333,22 @@ def copy_load_items(
     connect: Callable[[], Any], cursor: Any, *, generation_id: int, n_bytes: int, n_bins: int, where: str = "",
     n_parts: int = 8, n_connections: int = 2,
 ) -> ItemArrays:
-    """Bulk-load one generation's postings with binary COPY over n_parts listing-id ranges on n_connections
-    connections at once.
+    """Bulk-load one generation's postings with binary COPY over n_parts ranges of the table's heap blocks, on
+    n_connections connections at once.
 
     cursor: the caller's psycopg2 cursor, inside a REPEATABLE READ transaction; its snapshot is exported and every
     range is read in it. connect() -> a new psycopg2 connection (closed here). where: an extra SQL condition on
-    listing_id (integers only, e.g. " AND mod(listing_id, 2) = 0"). Items come back in listing-id order.
+    listing_id (integers only, e.g. " AND mod(listing_id, 2) = 0"). Items come back in storage order.
     """
-    cursor.execute("SELECT min(listing_id), max(listing_id) FROM postings WHERE generation_id = %s",
-                   (int(generation_id),))
-    lo, hi = cursor.fetchone()
-    if lo is None:
-        return ItemArrays.empty(n_bytes, n_bins)
-    cursor.execute("SELECT pg_export_snapshot()")
-    snapshot_id = cursor.fetchone()[0]
-    bounds = np.linspace(int(lo), int(hi) + 1, max(1, n_parts) + 1).astype(np.int64)
-    bounds[-1] = int(hi) + 1
+    cursor.execute("SELECT pg_export_snapshot(), pg_relation_size('postings') / current_setting('block_size')::int")
+    snapshot_id, n_blocks = cursor.fetchone()
+    # Block ranges; the last one is open-ended (the table may have grown since, with rows this snapshot cannot see).
+    bounds = np.linspace(0, int(n_blocks), max(1, n_parts) + 1).astype(np.int64)
 
     def read(part: int, conn: Any) -> ItemArrays:
         out = io.BytesIO()
-        sql = COPY_SQL.format(generation_id=int(generation_id), lo=int(bounds[part]), hi=int(bounds[part + 1]),
-                              where=where)
+        below = "" if part == n_parts - 1 else f" AND ctid < '({int(bounds[part + 1])},0)'::tid"
+        sql = COPY_SQL.format(generation_id=int(generation_id), lo=int(bounds[part]), below=below, where=where)
         conn.cursor().copy_expert(sql, out)
         return arrays_from_copy(out.getbuffer(), n_bytes=n_bytes, n_bins=n_bins)
 
@@ -359,7 +356,9 @@ def copy_load_items(
         conn = connect()
         try:
             conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
-            conn.cursor().execute("SET TRANSACTION SNAPSHOT %s", (snapshot_id,))
+            cur = conn.cursor()
+            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_id,))
+            cur.execute("SET LOCAL jit = off")  # compiling expressions costs more than it saves on this scan
             return [(p, read(p, conn)) for p in parts]
         finally:
             conn.rollback()
