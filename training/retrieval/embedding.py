@@ -492,7 +492,8 @@ def _run_args(run_dir: Path) -> dict:
             if k not in ("export", "export_only", "tune_colour", "data")}
 
 
-def tune_colour(features_dir: Path, data_dir: Path, *, batch_size: int = 16) -> dict:
+def tune_colour(features_dir: Path, data_dir: Path, *, batch_size: int = 16, grid: tuple[float, ...] | None = None
+                ) -> dict:
     """Pick the colour weight on VAL (`training.retrieval.tune.tune_colour_weight`, on the fp16 weights as shipped)
     and record it with the VAL figures in the folder's manifest."""
     from shared.vision.features import FeatureExtractor
@@ -502,7 +503,8 @@ def tune_colour(features_dir: Path, data_dir: Path, *, batch_size: int = 16) -> 
     ex = FeatureExtractor.load(features_dir)
     c = load_cached(ex.encoder, data_dir, input_size=ex.input_size, splits=("val",), batch_size=batch_size,
                     roipool=False, flatten=ex.flatten_background)
-    w, table = tune_colour_weight(c, "val", pooling=ex.pooling, mean=ex.mean, proj=ex.projection)
+    w, table = tune_colour_weight(c, "val", pooling=ex.pooling, mean=ex.mean, proj=ex.projection,
+                                  **({"grid": grid} if grid else {}))
     val = score_config(c, "val", pooling=ex.pooling, mean=ex.mean, proj=ex.projection, colour_weight=w)
     path = features_dir / "manifest.json"
     meta = json.loads(path.read_text(encoding="utf-8"))

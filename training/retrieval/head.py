@@ -195,6 +195,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--version-tag", default="v3")
     p.add_argument("--tune-colour", action="store_true", help="pick the colour weight on VAL (needs the full cache)")
+    p.add_argument("--w-grid", default="", metavar="W[,W]", help="colour weights tried by --tune-colour (default: "
+                   "tune.W_GRID, 0 to 1 by 0.05)")
+    p.add_argument("--tune-only", action="store_true", help="only --tune-colour the folder --out (no training)")
     p.add_argument("--threads", type=int, default=1)
     return p
 
@@ -204,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_threads(args.threads)
     data_dir = args.data or load_settings().data_dir
+    grid = tuple(float(w) for w in args.w_grid.split(",") if w) or None
+    if args.tune_only:
+        print(json.dumps(tune_colour(args.out, data_dir, grid=grid)))
+        return 0
     ex = FeatureExtractor.load(args.init_from)
     if ex.activation != "tanh":
         raise SystemExit(f"{args.init_from}: not a learned (tanh) head")
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = export_head(args.init_from, args.out, mean, proj, tag=args.version_tag, command=command, log=log)
         print(json.dumps({"out": str(args.out), "version": meta["version"]}))
         if args.tune_colour:
-            print(json.dumps(tune_colour(args.out, data_dir)))
+            print(json.dumps(tune_colour(args.out, data_dir, grid=grid)))
     return 0
 
 

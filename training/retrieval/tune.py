@@ -144,8 +144,9 @@ def score_config(c: Cached, split: str, *, pooling: str, mean: np.ndarray, proj:
 
 
 def tune_colour_weight(c: Cached, split: str, *, pooling: str, mean: np.ndarray, proj: np.ndarray,
-                       roipool: bool = False, objective: str = "map+p1alt") -> tuple[float, list[dict[str, float]]]:
-    """The w of W_GRID with the best objective on `split` (ties: the smaller w); returns (w, per-w scores).
+                       roipool: bool = False, objective: str = "map+p1alt", grid: tuple[float, ...] = W_GRID
+                       ) -> tuple[float, list[dict[str, float]]]:
+    """The w of `grid` (default W_GRID) with the best objective on `split` (ties: the smaller w); returns (w, per-w scores).
 
     objective "map": label-based mAP only; "map+p1alt": mAP + altered-copy P@1, so that finding the same product
     counts as much as finding similar ones (mAP alone buys +0.005 mAP for -0.08 P@1 on our val split).
@@ -165,7 +166,7 @@ def tune_colour_weight(c: Cached, split: str, *, pooling: str, mean: np.ndarray,
     col = engine.colour_matrix(cq[rows], cq)
     col_alt = engine.colour_matrix(cq_alt, cq)
     table = []
-    for w in W_GRID:
+    for w in grid:
         comb = engine.combined_matrix(ham, col, n_bits=proj.shape[1], colour_weight=w)
         comb_alt = engine.combined_matrix(ham_alt, col_alt, n_bits=proj.shape[1], colour_weight=w)
         table.append({"w": w, **engine.ranking_metrics(comb, rel, rows), **engine.altered_metrics(comb_alt, rows)})
