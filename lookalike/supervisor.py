@@ -180,6 +180,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     logging.getLogger().addHandler(file_handler)
     stop_requested = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(1))
+    # A shell that starts `up` in the background leaves SIGINT ignored; Ctrl-C / kill -INT must still stop it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with services_for(base) as (settings, services):
         from lookalike.db_admin import upgrade
 

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.integration
 
 
 def _run_up(env: dict[str, str], limit: int, *extra: str) -> tuple[subprocess.Popen, str, float]:
+    # Started with SIGINT ignored, as a shell's background job is: Ctrl-C / kill -INT must stop it all the same.
     proc = subprocess.Popen([sys.executable, "-m", "lookalike", "up", "--limit", str(limit), *extra], env=env,
-                            cwd=REPO_ROOT,
+                            cwd=REPO_ROOT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     t0 = time.monotonic()
     out = []
