@@ -20,7 +20,6 @@ from shared.vision.attributes import LoadedNetwork, load_attribute_network
 from training.attributes.engine import SetMetrics
 
 SHIPPED = REPO_ROOT / "models" / "attributes"
-DATA = REPO_ROOT.parent / "shared" / "data"
 TAX = load_taxonomy()
 
 
@@ -345,10 +344,11 @@ def test_shipped_checkpoint_files() -> None:
     assert torch.float16 in dtypes and torch.float32 not in dtypes
 
 
-def test_shipped_checkpoint_recognizes_real_test_images(shipped: LoadedNetwork) -> None:
+def test_shipped_checkpoint_recognizes_real_test_images(shipped: LoadedNetwork, data_dir: Path) -> None:
+    """Labelled test photos of ../shared/data (skipped, with the reason, where the folder is absent)."""
     from training.attributes.data import load_image, load_samples
 
-    samples = [s for s in load_samples(DATA, ["test"]) if s.dataset == "myntra_small"][:40]
+    samples = [s for s in load_samples(data_dir, ["test"]) if s.dataset == "myntra_small"][:40]
     preds = recognize_attributes(shipped, [load_image(s) for s in samples])
     for p in preds:
         _check_valid(p)
