@@ -251,6 +251,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch threads for encoding (0 = torch default)")
     p.add_argument("--latency-images", type=int, default=50, help="images timed for latency (0 = skip)")
+    p.add_argument("--latency-only", action="store_true",
+                   help="only time extract_features on the split's first --latency-images items (no scoring)")
     p.add_argument("--no-roipool", action="store_true", help="skip the crop vs ROI-pooling comparison")
     p.add_argument("--no-cache", action="store_true", help="recompute encoder outputs instead of var/retrieval/")
     p.add_argument("--index-splits", default="", metavar="S[,S]",
@@ -268,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     data_dir = args.data or load_settings().data_dir
     extractor = FeatureExtractor.load(args.features)
+    if args.latency_only:
+        from training.retrieval.data import load_items
+
+        items = [it for it in load_items(data_dir) if it.split == args.split]
+        print(json.dumps({"version": extractor.version, **measure_latency(extractor, items, args.latency_images)}))
+        return 0
     res = evaluate(extractor, data_dir, split=args.split, batch_size=args.batch_size, use_cache=not args.no_cache,
                    latency_images=args.latency_images, roipool=not args.no_roipool,
                    index_splits=tuple(s for s in args.index_splits.split(",") if s) or None)
