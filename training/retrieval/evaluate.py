@@ -33,7 +33,7 @@ from shared.config import load_settings
 from shared.vision.features import (FeatureExtractor, dequantize_colours, descriptors_from_pooled, extract_features,
                                     quantize_colours)
 from training.retrieval import engine
-from training.retrieval.data import open_image, relevance, set_threads
+from training.retrieval.data import load_items, open_image, relevance, set_threads
 from training.retrieval.tune import load_cached
 
 logger = logging.getLogger(__name__)
@@ -271,8 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data or load_settings().data_dir
     extractor = FeatureExtractor.load(args.features)
     if args.latency_only:
-        from training.retrieval.data import load_items
-
         items = [it for it in load_items(data_dir) if it.split == args.split]
         print(json.dumps({"version": extractor.version, **measure_latency(extractor, items, args.latency_images)}))
         return 0
