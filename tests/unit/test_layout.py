@@ -1,8 +1,13 @@
-"""Layout rules a newcomer relies on: no import cycles among our packages (function-level imports included)."""
+"""Layout rules a newcomer relies on: no import cycles among our packages (function-level imports included), no
+runtime module over 700 lines, no absolute path of a developer's machine anywhere in the repository."""
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from shared.config import REPO_ROOT
 
@@ -85,3 +90,33 @@ def test_the_cycle_check_sees_lazy_imports() -> None:
     assert _cycles(graph) == []
     graph["b"].add("a")
     assert _cycles(graph) == [["a", "b"]]
+
+
+MAX_MODULE_LINES = 700
+# Where a developer's own files live: such a path in the repository works on one machine only.
+MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|home|root|Users|mnt/data)/[\w.-]+")
+
+
+def test_no_runtime_module_is_over_700_lines() -> None:
+    long = {name: n for name, path in _modules().items()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"split these by concept: {long}"
+
+
+def test_no_absolute_machine_path_in_the_repository() -> None:
+    try:
+        tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True
+                                 ).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    found = []
+    for name in filter(None, tracked):
+        path = REPO_ROOT / name
+        if not path.is_file() or path.suffix in {".jpg", ".png", ".safetensors", ".gif", ".webp"}:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        found += [f"{name}: {m.group(0)}" for m in MACHINE_PATH.finditer(text)]
+    assert not found, found[:20]
