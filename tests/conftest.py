@@ -79,6 +79,9 @@ def settings(server_urls, tmp_path_factory) -> Settings:
         "LOOKALIKE_ADMIN_TOKEN": "test-token",
         "LOOKALIKE_JOB_LEASE_S": "8",
         "LOOKALIKE_RECONCILE_INTERVAL_S": "2",
+        # A worker killed with -9 takes the messages it had prefetched with it; their jobs are still `queued` and
+        # the reconciler sends them again after this long (300 s in production; short here so the drill fits).
+        "LOOKALIKE_JOB_RESEND_S": "15",
         "LOOKALIKE_INDEX_POLL_MS": "100",
         "LOOKALIKE_TORCH_THREADS": "1",
     })
