@@ -57,8 +57,49 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # No -B: the reconciler is a thread of this main process (workers.tasks), not a beat child that can die alone.
         argv = ["worker", "--loglevel", settings.log_level, "--concurrency", str(settings.worker_concurrency),
                 "-Q", "lookalike", "--without-gossip", "--without-mingle"]
-        app.worker_main(argv)
-    return 0
+        watch = WorkerExitWatch()
+        code = watch.run(app, argv)
+    if watch.unexpected():
+        # Celery's consumer has been seen to give up after the broker went away and came back (the worker exits
+        # 0 with no stop signal; celery/celery#9054, WeblateOrg/docker#1820). Nothing is lost (Postgres holds
+        # the jobs), but a worker that is gone processes nothing: start again in this same process, so whatever
+        # supervises us (or nothing) sees one long-lived worker.
+        logger.error("the Celery worker stopped without being asked to (exit %s); starting it again", code)
+        time.sleep(WORKER_REEXEC_DELAY_S)
+        os.execv(sys.executable, [sys.executable, "-m", "lookalike", *sys.argv[1:]])
+    return code
+
+
+WORKER_REEXEC_DELAY_S = 2.0
+
+
+class WorkerExitWatch:
+    """Runs a Celery worker and tells whether it stopped on its own: it had been ready, and no stop signal
+    (SIGTERM, SIGINT, SIGQUIT, which Celery reports as worker_shutting_down) arrived."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.asked_to_stop = False
+
+    def run(self, app: Any, argv: list[str]) -> int:
+        from celery.signals import worker_ready, worker_shutting_down
+
+        worker_ready.connect(self._on_ready, weak=False)
+        worker_shutting_down.connect(self._on_stop, weak=False)
+        try:
+            app.worker_main(argv)
+            return 0
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 1
+
+    def unexpected(self) -> bool:
+        return self.ready and not self.asked_to_stop
+
+    def _on_ready(self, **_: object) -> None:
+        self.ready = True
+
+    def _on_stop(self, **_: object) -> None:
+        self.asked_to_stop = True
 
 
 def cmd_indexd(args: argparse.Namespace) -> int:

@@ -41,11 +41,21 @@ class Child:
         self.name, self.argv, self.env, self.cwd = name, argv, env, cwd
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
+        self.log_offset = 0  # where this start's output begins in the (appended) log
 
     def start(self) -> None:
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
                                          start_new_session=True, preexec_fn=die_with_parent)
+
+    def output(self) -> str:
+        """What this start of the process has written so far (not an earlier run's lines in the same log)."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(self.log_offset)
+            return f.read().decode(errors="replace")
 
     @property
     def pid(self) -> int | None:
@@ -114,7 +124,7 @@ class LiveSystem:
             if proc.poll() is not None:
                 raise RuntimeError(f"{role} exited: {self.log_tail(role)}")
             if url is None:
-                if "ready." in self.log_tail(role, 20000):  # celery prints "celery@host ready."
+                if "ready." in proc.output():  # celery prints "celery@host ready."
                     return
             else:
                 try:

@@ -23,7 +23,7 @@ def _post(api, seller, ext, image: bytes | None = None, **fields):
                          files=files, timeout=30)
 
 
-def _wait_settled(engine, ids, timeout_s=180):
+def _wait_settled(engine, ids, timeout_s=180, system=None):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with engine.connect() as c:
@@ -32,7 +32,9 @@ def _wait_settled(engine, ids, timeout_s=180):
         if left == 0:
             return
         time.sleep(0.3)
-    raise AssertionError(f"{left} listings still pending after {timeout_s}s")
+    worker = "" if system is None else f"; worker (exit {system.procs['worker'].poll()}) said:\n" + \
+        system.procs["worker"].output()[-4000:]
+    raise AssertionError(f"{left} listings still pending after {timeout_s}s{worker}")
 
 
 def _search_ids(api, image: bytes, k=10, **fields):
@@ -205,10 +207,31 @@ def test_redis_outage_during_intake_loses_nothing(live_system, engine, embedded_
         time.sleep(max(0.0, 10 - (time.monotonic() - t_down)))
     finally:
         embedded_services.start_redis(port=embedded_services._redis_port)
-    _wait_settled(engine, ids, timeout_s=120)
+    _wait_settled(engine, ids, timeout_s=120, system=live_system)
     with engine.connect() as c:
         ready = c.execute(select(func.count()).where(Listing.id.in_(ids), Listing.status == "ready")).scalar_one()
     assert ready == 10
+
+
+def test_a_worker_celery_stops_on_its_own_starts_again(live_system, engine):
+    """Celery's consumer can give up after a broker outage and exit 0 with no stop signal; `lookalike worker`
+    then starts again in the same process. A remote shutdown is the same kind of exit, and easy to cause."""
+    from workers.celery_app import configure
+
+    worker = live_system.procs["worker"]
+    pid, before = worker.pid, len(worker.output())
+    configure(live_system.settings).control.shutdown()
+    deadline = time.monotonic() + 120
+    while "ready." not in worker.output()[before:].partition("starting it again")[2]:
+        assert worker.poll() is None, f"the worker exited ({worker.poll()}): {worker.output()[-3000:]}"
+        assert time.monotonic() < deadline, f"the worker did not come back: {worker.output()[-3000:]}"
+        time.sleep(0.2)
+    assert worker.pid == pid and worker.poll() is None
+    photo = live_system.sample_rows[5].image_path.read_bytes()
+    lid = _post(live_system.api_url, "reexec", "r-1", photo, title="Blue denim jacket").json()["listing_id"]
+    _wait_settled(engine, [lid], timeout_s=120, system=live_system)
+    with engine.connect() as c:
+        assert c.execute(select(Listing.status).where(Listing.id == lid)).scalar_one() == "ready"
 
 
 def _malformed_images(n: int) -> list[bytes]:
