@@ -41,7 +41,7 @@ from shared.vision.foreground import BORDER_FRAC, foreground_mask  # noqa: F401 
 
 # Version of the shipped feature configuration (encoder, layers, pooling, projection, colour bins). Codes and colour
 # histograms of two versions are not comparable: a new version means a reindex.
-FEATURES_VERSION = "effl0-emb.in112.s16s32-avgmax.tanh256.flat2.hsv52-v4"
+FEATURES_VERSION = "effl0-emb.in112.s16s32-avgmax.tanh256.flat2.hsv52-v3"
 FEATURES_DIR = "features"  # folder name under settings.models_dir
 
 Box = tuple[float, float, float, float]
