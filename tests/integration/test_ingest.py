@@ -101,9 +101,12 @@ def test_processing_a_job_twice_changes_nothing(live_system, engine):
         before = c.execute(text("SELECT code, category_id, listing_version, updated_at FROM postings "
                                 "WHERE listing_id = :l"), {"l": body["listing_id"]}).all()
         seq_before = c.execute(text("SELECT max(seq) FROM changes")).scalar_one()
-    for _ in range(2):
-        process_job_task.apply_async((body["job_id"],))
-    time.sleep(3)
+    worker = live_system.procs["worker"]
+    sent = [process_job_task.apply_async((body["job_id"],)).id for _ in range(2)]
+    deadline = time.monotonic() + 60
+    while not all(f"[{task_id}] succeeded" in worker.output() for task_id in sent):  # both deliveries were run
+        assert time.monotonic() < deadline, f"the worker did not run both deliveries: {worker.output()[-3000:]}"
+        time.sleep(0.2)
     with engine.connect() as c:
         after = c.execute(text("SELECT code, category_id, listing_version, updated_at FROM postings "
                                "WHERE listing_id = :l"), {"l": body["listing_id"]}).all()

@@ -33,8 +33,8 @@ def test_bad_values_name_the_variable(name, value, fragment):
 
 def test_values_parse():
     s = load_settings({"LOOKALIKE_FETCH_ALLOW_PRIVATE": "yes", "LOOKALIKE_API_PORT": "9000",
-                       "LOOKALIKE_VAR_DIR": "/tmp/x", "LOOKALIKE_REDIS_URL": "redis://h:1/2"})
-    assert s.fetch_allow_private is True and s.api_port == 9000 and s.var_dir == Path("/tmp/x")
+                       "LOOKALIKE_VAR_DIR": "scratch/x", "LOOKALIKE_REDIS_URL": "redis://h:1/2"})
+    assert s.fetch_allow_private is True and s.api_port == 9000 and s.var_dir == Path("scratch/x")
     assert s.redis_url == "redis://h:1/2"
 
 

@@ -503,8 +503,7 @@ def tune_colour(features_dir: Path, data_dir: Path, *, batch_size: int = 16, gri
     ex = FeatureExtractor.load(features_dir)
     c = load_cached(ex.encoder, data_dir, input_size=ex.input_size, splits=("val",), batch_size=batch_size,
                     roipool=False, flatten=ex.flatten_background)
-    w, table = tune_colour_weight(c, "val", pooling=ex.pooling, mean=ex.mean, proj=ex.projection,
-                                  **({"grid": grid} if grid else {}))
+    w, table = tune_colour_weight(c, "val", pooling=ex.pooling, mean=ex.mean, proj=ex.projection, grid=grid)
     val = score_config(c, "val", pooling=ex.pooling, mean=ex.mean, proj=ex.projection, colour_weight=w)
     path = features_dir / "manifest.json"
     meta = json.loads(path.read_text(encoding="utf-8"))

@@ -144,9 +144,10 @@ def score_config(c: Cached, split: str, *, pooling: str, mean: np.ndarray, proj:
 
 
 def tune_colour_weight(c: Cached, split: str, *, pooling: str, mean: np.ndarray, proj: np.ndarray,
-                       roipool: bool = False, objective: str = "map+p1alt", grid: tuple[float, ...] = W_GRID
+                       roipool: bool = False, objective: str = "map+p1alt", grid: tuple[float, ...] | None = None
                        ) -> tuple[float, list[dict[str, float]]]:
-    """The w of `grid` (default W_GRID) with the best objective on `split` (ties: the smaller w); returns (w, per-w scores).
+    """The w of `grid` (None: W_GRID) with the best objective on `split` (ties: the smaller w); returns (w, per-w
+    scores).
 
     objective "map": label-based mAP only; "map+p1alt": mAP + altered-copy P@1, so that finding the same product
     counts as much as finding similar ones (mAP alone buys +0.005 mAP for -0.08 P@1 on our val split).
@@ -166,7 +167,7 @@ def tune_colour_weight(c: Cached, split: str, *, pooling: str, mean: np.ndarray,
     col = engine.colour_matrix(cq[rows], cq)
     col_alt = engine.colour_matrix(cq_alt, cq)
     table = []
-    for w in grid:
+    for w in grid or W_GRID:
         comb = engine.combined_matrix(ham, col, n_bits=proj.shape[1], colour_weight=w)
         comb_alt = engine.combined_matrix(ham_alt, col_alt, n_bits=proj.shape[1], colour_weight=w)
         table.append({"w": w, **engine.ranking_metrics(comb, rel, rows), **engine.altered_metrics(comb_alt, rows)})
