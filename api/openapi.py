@@ -118,6 +118,8 @@ def openapi_document() -> dict[str, Any]:
                         "listing_id": {"type": "integer"}, "title": {"type": "string"},
                         "image": {"type": "string"}, "score": {"type": "number"},
                         "appearance_distance": {"type": "number"}, "colour_distance": {"type": "number"},
+                        "rerank_distance": {"type": "number", "description": "for the shortlist re-ordered by the "
+                                            "re-ranking vector ((1 - cosine) / 2; index.reranked says how many)"},
                         "matched_attributes": {"type": "array", "items": {"type": "string"}},
                         **OPENAPI_RESULT_FIELDS}}},
                     "k": {"type": "integer"}, "offset": {"type": "integer"}, "next_offset": {"type": "integer"},

@@ -20,6 +20,7 @@ from api.resources import resources
 from api.admission import admitted
 from api.forms import bool_field, fields, int_field, str_field, uploaded_image
 from api.refine import add_why, palette_search, parse_refine, response_fields, search_refined
+from api.rerank import RERANK_DEPTH, rerank_reply
 from api.metrics import SEARCH_LATENCY, SEARCHES
 from shared.db.models import Listing
 from shared.db.session import session_scope
@@ -127,7 +128,7 @@ def search():
         "items": items,
         "results": results, "k": k, "offset": offset, "next_offset": offset + len(reply.hits),
         "index": {"generation": reply.generation, "model_version": reply.model_version, "items": reply.n_items,
-                  "scanned": reply.scanned,
+                  "scanned": reply.scanned, "reranked": len(reply.rerank),
                   "search_ms": round(reply.elapsed_ms, 3), **({"shards": reply.shards} if reply.shards else {})},
         "timings_ms": {**{k2: round(v, 1) for k2, v in analysis.timings_ms.items()}, "total": round(elapsed, 1)},
         **response_fields(refine, reply, tax),
@@ -139,9 +140,17 @@ def _search(res, analysis: Analysis, *, k: int, offset: int):
     cats = [c for c, _ in analysis.searched] or [analysis.category_id]
     # Option 1 (and 3 without a category) also finds a listing's own photo filed under another category.
     near = NEAR_DUPLICATE if analysis.category_source not in ("shopper", "seller", "text") else 0.0
-    return res.index.search_categories(code=analysis.code, colour=analysis.colour, category_ids=cats,
-                                       attribute_ids=[a.attribute_id for a in analysis.attributes], k=k,
-                                       offset=offset, near_duplicate=near, probes=analysis.duplicate_probes)
+    reranker = res.models.features.reranker
+    rerank = reranker is not None and analysis.rerank is not None
+    # Re-ranking reads the daemon's first RERANK_DEPTH hits whatever the page, so every page comes from one order.
+    depth = max(offset + k, RERANK_DEPTH) if rerank else k
+    reply = res.index.search_categories(code=analysis.code, colour=analysis.colour, category_ids=cats,
+                                        attribute_ids=[a.attribute_id for a in analysis.attributes], k=depth,
+                                        offset=0 if rerank else offset, near_duplicate=near,
+                                        probes=analysis.duplicate_probes)
+    if not rerank:
+        return reply
+    return rerank_reply(res.engine, reranker, analysis.rerank, reply, offset=offset, k=k)
 
 
 def _items_json(work: Analysis, image, tax) -> list[dict]:
@@ -174,6 +183,7 @@ def _results(res, reply, tax) -> list[dict]:
             "external_id": row.external_id, "image": f"/v1/listings/{h.listing_id}/image",
             "score": round(h.score, 6), "appearance_distance": round(h.appearance_distance, 6),
             "colour_distance": round(h.colour_distance, 6),
+            **({"rerank_distance": round(reply.rerank[h.listing_id], 6)} if h.listing_id in reply.rerank else {}),
             "matched_attributes": [tax.attribute(a).key for a in h.matched_attribute_ids],
         })
     return results

@@ -19,6 +19,7 @@ DELEGATED: dict[str, dict[str, tuple[str, str]]] = {
         "ranker": ("training.detector.ranker", "fit the item ranker (which detected item a photo is about)"),
         "features": ("training.retrieval.tune", "fit the appearance-code projection and tune the colour weight"),
         "embedding": ("training.retrieval.embedding", "train the retrieval encoder + 256-bit tanh head (CPU: hours)"),
+        "rerank": ("training.retrieval.rerank", "fit the shortlist's 4-bit re-ranking vector (PCA on TRAIN, step on VAL)"),
     },
     "evaluate": {
         "text": ("training.text.evaluate", "category-from-text accuracy / macro-F1"),

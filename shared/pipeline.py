@@ -65,6 +65,7 @@ class Analysis:
     # choice): probes for the listing whose own photo this is, whatever category its seller filed it under.
     duplicate_probes: list[tuple[bytes, np.ndarray]] = field(default_factory=list)
     conflict: dict[str, Any] | None = None  # shared.conflicts: the seller's category vs the photo's main item
+    rerank: np.ndarray | None = None  # float32 (d,) re-ranking projection (shared.vision.rerank), when shipped
 
     def roi_rows(self) -> list[dict[str, Any]]:
         """Rows for the rois table: the chosen ROI first, then the other detections."""
@@ -80,6 +81,13 @@ class Analysis:
 
     def colour_bytes(self) -> bytes:
         return self.colour_quantized
+
+    def rerank_bytes(self, models: "Models") -> bytes | None:
+        """The stored 4-bit copy of the re-ranking projection (postings.rerank), None without a re-ranker."""
+        reranker = models.features.reranker
+        if self.rerank is None or reranker is None:
+            return None
+        return reranker.pack(self.rerank[None, :])[0].tobytes()
 
     def as_json(self, tax: Taxonomy) -> dict[str, Any]:
         return {
@@ -330,7 +338,8 @@ def analyze_batch(models: Models, requests: Sequence[Request], *, batch_size: in
                             roi=p.roi, roi_fallback=p.fallback, boxes=p.boxes, code=feats.codes[lo].tobytes(),
                             colour=colour, colour_quantized=quantize_colours(colour[None, :])[0].tobytes(),
                             timings_ms=timings, items=p.items, item_index=p.item_index, searched=searched[k],
-                            detections=p.rois, conflict=p.conflict, duplicate_probes=probes))
+                            detections=p.rois, conflict=p.conflict, duplicate_probes=probes,
+                            rerank=None if feats.rerank is None else feats.rerank[lo]))
     return out
 
 

@@ -212,7 +212,7 @@ def _write(s, *, listing: Listing, generation_id: int, analysis: Analysis, model
         category_confidence=analysis.category_confidence, attribute_net_version=models.attribute_version,
         attributes=[(a.attribute_id, a.probability) for a in analysis.attributes],
         detector_version=models.detector_version, rois=analysis.roi_rows(), code=analysis.code,
-        colour=analysis.colour_bytes(), conflict=analysis.conflict)
+        colour=analysis.colour_bytes(), conflict=analysis.conflict, rerank=analysis.rerank_bytes(models))
 
 
 def _record_failure(*, engine: Engine, job_id: int, listing_id: int, version: int, kind: str, message: str) -> None:

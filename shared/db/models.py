@@ -141,6 +141,9 @@ class Posting(Base):
     attribute_ids: Mapped[list[int]] = mapped_column(ARRAY(SmallInteger), nullable=False)
     code: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     colour: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    # 4-bit re-ranking vector (shared.vision.rerank): read by the API for a search's shortlist, never by the daemon.
+    # NULL when the generation's features configuration has no re-ranker.
+    rerank: Mapped[bytes | None] = mapped_column(LargeBinary)
     listing_version: Mapped[int] = mapped_column(Integer, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"), nullable=False)
 

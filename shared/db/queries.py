@@ -215,7 +215,7 @@ def write_results(*, session: Session, listing: Listing, generation_id: int, tax
                   category_id: int, category_source: str, category_confidence: float,
                   attribute_net_version: str, attributes: Sequence[tuple[int, float]],
                   detector_version: str, rois: Sequence[dict], code: bytes, colour: bytes,
-                  conflict: dict[str, Any] | None = None) -> None:
+                  conflict: dict[str, Any] | None = None, rerank: bytes | None = None) -> None:
     """Idempotent upserts of everything the pipeline derives for one listing version, plus the posting and
     its change row. Running it twice for the same inputs leaves the same rows."""
     v = listing.version
@@ -242,12 +242,12 @@ def write_results(*, session: Session, listing: Listing, generation_id: int, tax
                                        "listing_version": v, **r} for r in rois])
     stmt = insert(Posting).values(generation_id=generation_id, listing_id=listing.id, category_id=category_id,
                                   attribute_ids=[a for a, _ in attributes], code=code, colour=colour,
-                                  listing_version=v)
+                                  rerank=rerank, listing_version=v)
     session.execute(stmt.on_conflict_do_update(
         index_elements=["generation_id", "listing_id"],
         set_={"category_id": stmt.excluded.category_id, "attribute_ids": stmt.excluded.attribute_ids,
-              "code": stmt.excluded.code, "colour": stmt.excluded.colour, "listing_version": v,
-              "updated_at": func.now()}))
+              "code": stmt.excluded.code, "colour": stmt.excluded.colour, "rerank": stmt.excluded.rerank,
+              "listing_version": v, "updated_at": func.now()}))
     record_change(session=session, generation_id=generation_id, listing_id=listing.id, op="upsert")
 
 

@@ -26,6 +26,8 @@ class SearchReply:
     facets: dict[str, Any] | None = None
     model_version: str | None = None  # the generation's networks (the version contract)
     shards: dict[str, Any] | None = None  # several shards: which answered (shared.index.shards)
+    # listing id -> re-rank distance for the shortlist the API re-ordered (api/rerank.py); empty when not re-ranked
+    rerank: dict[int, float] = field(default_factory=dict)
 
 
 class IndexClient:

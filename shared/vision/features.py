@@ -38,10 +38,11 @@ from shared.codes.binarize import binarize, n_bytes_for
 from shared.index.colours import quantize_colours  # noqa: F401 - the one RAM form of colours
 from shared.vision import presets
 from shared.vision.foreground import BORDER_FRAC, foreground_mask  # noqa: F401 - re-exported for callers
+from shared.vision.rerank import Reranker
 
 # Version of the shipped feature configuration (encoder, layers, pooling, projection, colour bins). Codes and colour
 # histograms of two versions are not comparable: a new version means a reindex.
-FEATURES_VERSION = "effl0-emb.in112.s16s32-avgmax.tanh256.flat2.hsv52-v3"
+FEATURES_VERSION = "effl0-emb.in112.s16s32-avgmax.tanh256.flat2.hsv52-v3.rr512x1"
 FEATURES_DIR = "features"  # folder name under settings.models_dir
 
 Box = tuple[float, float, float, float]
@@ -297,12 +298,14 @@ class Features:
 
     feats: float32 (n, n_bits) projected features (the code is their sign);
     codes: uint8 (n, n_bytes) = shared.codes.binarize(feats), bit j = feats[:, j] > 0, MSB first;
-    colours: float32 (n, N_COLOUR_BINS) foreground HSV histograms summing to 1 (`quantize_colours` for RAM).
+    colours: float32 (n, N_COLOUR_BINS) foreground HSV histograms summing to 1 (`quantize_colours` for RAM);
+    rerank: float32 (n, d) re-ranking projections (`shared.vision.rerank`), None when the configuration has none.
     """
 
     feats: np.ndarray
     codes: np.ndarray
     colours: np.ndarray
+    rerank: np.ndarray | None = None
 
 
 @dataclass
@@ -328,6 +331,7 @@ class FeatureExtractor:
     version: str = FEATURES_VERSION
     meta: dict[str, Any] | None = None
     path: Path | None = None  # the folder it was loaded from
+    reranker: Reranker | None = None  # the shortlist's second look (rerank.safetensors), when shipped
 
     def __post_init__(self) -> None:
         if self.mean.dtype != np.float32 or self.projection.dtype != np.float32:
@@ -385,7 +389,8 @@ class FeatureExtractor:
                    pooling=str(meta["pooling"]), colour_weight=float(meta["colour_weight"]),
                    use_colour_mask=bool(meta.get("colour_mask", True)),
                    flatten_background=bool(meta.get("flatten_background", True)),
-                   activation=meta.get("activation"), version=str(meta["version"]), meta=meta, path=folder)
+                   activation=meta.get("activation"), version=str(meta["version"]), meta=meta, path=folder,
+                   reranker=Reranker.load(folder))
 
 
 def default_features_dir() -> Path:
@@ -451,7 +456,9 @@ def extract_features(extractor: FeatureExtractor, images: Sequence[Image.Image],
         n_bits = extractor.n_bits
         return Features(np.zeros((0, n_bits), np.float32), np.zeros((0, n_bytes_for(n_bits)), np.uint8),
                         np.zeros((0, N_COLOUR_BINS), np.float32))
-    feats = extractor.project(extractor.describe(crops, batch_size=batch_size))
+    descriptors = extractor.describe(crops, batch_size=batch_size)
+    feats = extractor.project(descriptors)
     codes = binarize(feats)
     colours = np.stack([colour_histogram(c, None, use_mask=extractor.use_colour_mask) for c in crops])
-    return Features(feats=feats, codes=codes, colours=colours.astype(np.float32))
+    rerank = extractor.reranker.project(descriptors) if extractor.reranker is not None else None
+    return Features(feats=feats, codes=codes, colours=colours.astype(np.float32), rerank=rerank)

@@ -38,6 +38,22 @@ def test_search_finds_an_indexed_listing_by_its_own_photo(live_system):
     assert len(q["roi"]["box"]) == 4
     first = body["results"][0]
     assert {"score", "appearance_distance", "colour_distance", "matched_attributes", "title"} <= set(first)
+    # The shipped features carry a re-ranker: the daemon's shortlist was re-ordered by the stored 4-bit vectors.
+    assert body["index"]["reranked"] >= len(body["results"])
+    assert all(0.0 <= r["rerank_distance"] <= 1.0 for r in body["results"])
+    assert first["rerank_distance"] == min(r["rerank_distance"] for r in body["results"])
+
+
+def test_every_posting_stores_its_rerank_vector(live_system, engine):
+    from sqlalchemy import text
+
+    from shared.vision.features import FeatureExtractor
+
+    n_bytes = FeatureExtractor.load().reranker.n_bytes
+    with engine.connect() as conn:
+        lengths = conn.execute(text("SELECT length(p.rerank) FROM postings p JOIN index_generations g "
+                                    "ON g.id = p.generation_id WHERE g.status = 'active'")).scalars().all()
+    assert lengths and set(lengths) == {n_bytes}
 
 
 def test_three_query_options(live_system):
@@ -62,6 +78,9 @@ def test_pagination_does_not_repeat_results(live_system):
     ids2 = [r["listing_id"] for r in p2["results"]]
     assert ids1 and not set(ids1) & set(ids2)
     assert p1["next_offset"] == 5
+    # Re-ranking reads the same shortlist whatever the page: two pages of 5 are the first 10 in one order.
+    both = requests.post(url, files={"image": ("q.jpg", data)}, data={"k": 10}, timeout=30).json()
+    assert [r["listing_id"] for r in both["results"]] == ids1 + ids2
 
 
 @pytest.mark.parametrize("files,data,status,fragment", [

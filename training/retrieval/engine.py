@@ -102,3 +102,23 @@ def altered_metrics(dist: np.ndarray, target_idx: np.ndarray, k: int = 10) -> di
         rk.append(rank < k)
     return {"p_at_1_altered": float(np.mean(p1)) if p1 else 0.0,
             f"r_at_{k}_altered": float(np.mean(rk)) if rk else 0.0, "n_altered": len(p1)}
+
+
+def reranked_matrix(dist: np.ndarray, q_vecs: np.ndarray, x_vecs: np.ndarray, *, depth: int,
+                    self_idx: np.ndarray | None = None) -> np.ndarray:
+    """What api/rerank.py serves, for whole matrices: each row's first `depth` items by `dist` (the query's own row
+    left out) ranked first, in order of re-rank distance (1 - cosine(q_vec, x_vec)) / 2; the rest keep `dist`.
+
+    dist: (nq, n); q_vecs: float (nq, d) query projections; x_vecs: float (n, d) the stored copies, dequantised.
+    """
+    out = dist.astype(np.float64, copy=True)
+    if self_idx is not None:
+        out[np.arange(out.shape[0]), self_idx] = np.inf
+    depth = min(depth, out.shape[1] - 1)
+    top = np.argpartition(out, depth, axis=1)[:, :depth]
+    xn = x_vecs / np.maximum(np.linalg.norm(x_vecs, axis=1, keepdims=True), 1e-12)
+    qn = q_vecs / np.maximum(np.linalg.norm(q_vecs, axis=1, keepdims=True), 1e-12)
+    cos = np.einsum("qd,qkd->qk", qn.astype(np.float64), xn[top].astype(np.float64))
+    # Shortlist distances in [-2, -1]: below every distance outside it, ordered by the re-rank distance.
+    np.put_along_axis(out, top, (1.0 - cos) / 2.0 - 2.0, axis=1)
+    return out

@@ -32,6 +32,7 @@ from shared.codes.binarize import binarize
 from shared.config import load_settings
 from shared.vision.features import (FeatureExtractor, dequantize_colours, descriptors_from_pooled, extract_features,
                                     quantize_colours)
+from shared.vision.rerank import RERANK_DEPTH
 from training.retrieval import engine
 from training.retrieval.data import load_items, open_image, relevance, set_threads
 from training.retrieval.tune import load_cached
@@ -118,17 +119,26 @@ def evaluate(extractor: FeatureExtractor, data_dir: Path, *, split: str, batch_s
         "colour_only": _metrics(col, col_alt, rel, rows),
         "combined": _metrics(comb, comb_alt, rel, rows),
     }
+    served = "combined"
+    rr = rerank_vectors(extractor, desc)
+    if rr is not None:  # what the API serves: the combined shortlist re-ordered by the re-ranking vector
+        stored, project = rr
+        comb = engine.reranked_matrix(comb, project(desc[rows]), stored, depth=RERANK_DEPTH, self_idx=rows)
+        comb_alt = engine.reranked_matrix(comb_alt, project(q_desc), stored, depth=RERANK_DEPTH)
+        served = "combined_reranked"
+        table[served] = _metrics(comb, comb_alt, rel, rows)
     by_dataset = {}
     for name in sorted({items[i].dataset for i in rows}):
         sel = np.array([items[i].dataset == name for i in rows])
         by_dataset[name] = _metrics(comb[sel], comb_alt[sel], rel[sel], rows[sel])
     out: dict = {
-        "map": table["combined"]["map"],
-        "p_at_1": table["combined"]["p_at_1"],
-        "p_at_5": table["combined"]["p_at_5"],
-        "p_at_10": table["combined"]["p_at_10"],
-        "p_at_1_altered": table["combined"]["p_at_1_altered"],
-        "r_at_10_altered": table["combined"]["r_at_10_altered"],
+        "map": table[served]["map"],
+        "p_at_1": table[served]["p_at_1"],
+        "p_at_5": table[served]["p_at_5"],
+        "p_at_10": table[served]["p_at_10"],
+        "p_at_1_altered": table[served]["p_at_1_altered"],
+        "r_at_10_altered": table[served]["r_at_10_altered"],
+        "served_row": served,
         "rows": table,
         "combined_by_query_dataset": by_dataset,
     }
@@ -145,7 +155,7 @@ def evaluate(extractor: FeatureExtractor, data_dir: Path, *, split: str, batch_s
             "roipool": _metrics(rp_ham, None, rel[sel], rows[sel]),
         }
     out["street_to_shop"] = street_to_shop(items, rows, desc, feats, codes, colours, colour_weight=w,
-                                           n_bits=n_bits)
+                                           n_bits=n_bits, rerank=rr)
     out["config"] = {"version": extractor.version, "n_bits": n_bits, "n_bytes": extractor.n_bytes,
                      "colour_bins": colours.shape[1], "colour_weight": w, "input_size": extractor.input_size,
                      "pooling": extractor.pooling, "layers": list(extractor.layers), "split": split,
@@ -161,8 +171,17 @@ CATALOGUE = ("myntra_small", "clothing_dataset")
 STREET = "colorful_fashion"
 
 
+def rerank_vectors(extractor: FeatureExtractor, desc: np.ndarray):
+    """(stored copies of every item, dequantised float (n, d); query projection function), or None without a
+    re-ranker: the index side is quantised exactly as postings.rerank stores it, the query side stays float."""
+    rr = extractor.reranker
+    if rr is None:
+        return None
+    return rr.unpack(rr.pack(rr.project(desc))), rr.project
+
+
 def street_to_shop(items, rows: np.ndarray, desc: np.ndarray, feats: np.ndarray, codes: np.ndarray,
-                   colours: np.ndarray, *, colour_weight: float, n_bits: int) -> dict:
+                   colours: np.ndarray, *, colour_weight: float, n_bits: int, rerank=None) -> dict:
     """The split's street-photo crops (Colorful Fashion, ground-truth box) against the catalogue items only."""
     q = np.array([i for i in rows if items[i].dataset == STREET], dtype=np.int64)
     idx = np.array([i for i, it in enumerate(items) if it.dataset in CATALOGUE], dtype=np.int64)
@@ -179,6 +198,11 @@ def street_to_shop(items, rows: np.ndarray, desc: np.ndarray, feats: np.ndarray,
         "combined": engine.ranking_metrics(engine.combined_matrix(ham, col, n_bits=n_bits,
                                                                   colour_weight=colour_weight), rel, None),
     }
+    if rerank is not None:
+        stored, project = rerank
+        comb = engine.combined_matrix(ham, col, n_bits=n_bits, colour_weight=colour_weight)
+        table["combined_reranked"] = engine.ranking_metrics(
+            engine.reranked_matrix(comb, project(desc[q]), stored[idx], depth=RERANK_DEPTH), rel, None)
     return {"rows": table, "n_queries": int(len(q)), "n_catalogue": int(len(idx)),
             "relevance": "same taxonomy category (street photos carry no colour label)"}
 
@@ -202,7 +226,7 @@ def format_table(res: dict) -> str:
     for name, m in res["rows"].items():
         lines.append(fmt(name, m))
     lines.append("")
-    lines.append("combined, by query dataset:")
+    lines.append(f"{res.get('served_row', 'combined')} (served), by query dataset:")
     for name, m in res["combined_by_query_dataset"].items():
         lines.append(fmt(f"  {name} ({m['n_queries']})", m))
     if "roi_crop_vs_roipool_cfd_queries" in res:
