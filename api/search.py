@@ -150,7 +150,8 @@ def _search(res, analysis: Analysis, *, k: int, offset: int):
                                         probes=analysis.duplicate_probes)
     if not rerank:
         return reply
-    return rerank_reply(res.engine, reranker, analysis.rerank, reply, offset=offset, k=k)
+    return rerank_reply(res.engine, reranker, analysis.rerank, reply, offset=offset, k=k, near_duplicate=near,
+                        probes=analysis.duplicate_probe_rerank)
 
 
 def _items_json(work: Analysis, image, tax) -> list[dict]:

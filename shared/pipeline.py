@@ -66,6 +66,7 @@ class Analysis:
     duplicate_probes: list[tuple[bytes, np.ndarray]] = field(default_factory=list)
     conflict: dict[str, Any] | None = None  # shared.conflicts: the seller's category vs the photo's main item
     rerank: np.ndarray | None = None  # float32 (d,) re-ranking projection (shared.vision.rerank), when shipped
+    duplicate_probe_rerank: list[np.ndarray] = field(default_factory=list)  # the probes' projections, same order
 
     def roi_rows(self) -> list[dict[str, Any]]:
         """Rows for the rois table: the chosen ROI first, then the other detections."""
@@ -339,7 +340,8 @@ def analyze_batch(models: Models, requests: Sequence[Request], *, batch_size: in
                             colour=colour, colour_quantized=quantize_colours(colour[None, :])[0].tobytes(),
                             timings_ms=timings, items=p.items, item_index=p.item_index, searched=searched[k],
                             detections=p.rois, conflict=p.conflict, duplicate_probes=probes,
-                            rerank=None if feats.rerank is None else feats.rerank[lo]))
+                            rerank=None if feats.rerank is None else feats.rerank[lo],
+                            duplicate_probe_rerank=[] if feats.rerank is None else list(feats.rerank[lo + 1:hi])))
     return out
 
 
