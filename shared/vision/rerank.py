@@ -70,6 +70,11 @@ class Reranker:
         q = bit_planes.astype(np.float32) @ weights
         return (q + 0.5 - (1 << (self.bits - 1))) * self.step[None, :]
 
+    def stored_copy(self, descriptors: np.ndarray) -> np.ndarray:
+        """float32 (n, D) -> float32 (n, d): what a listing's stored vector stands for (projected, packed, unpacked),
+        for evaluations that score whole matrices without Postgres."""
+        return self.unpack(self.pack(self.project(descriptors)))
+
     @classmethod
     def load(cls, folder: str | Path) -> Reranker | None:
         """The re-ranker shipped beside a features configuration, or None when it has none."""

@@ -177,7 +177,7 @@ def rerank_vectors(extractor: FeatureExtractor, desc: np.ndarray):
     rr = extractor.reranker
     if rr is None:
         return None
-    return rr.unpack(rr.pack(rr.project(desc))), rr.project
+    return rr.stored_copy(desc), rr.project
 
 
 def street_to_shop(items, rows: np.ndarray, desc: np.ndarray, feats: np.ndarray, codes: np.ndarray,

@@ -17,6 +17,7 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +56,21 @@ def as_shipped(rr: Reranker) -> Reranker:
         return Reranker.load(tmp)
 
 
-def val_scores(extractor: FeatureExtractor, c, rr: Reranker | None) -> dict[str, float]:
-    """Label mAP, P@10 and altered P@1 / R@10 on VAL of the served ranking (combined, then re-ranked with rr)."""
+@dataclass(frozen=True)
+class ValBase:
+    """What every candidate is scored against on VAL, computed once: the served combined distances (label queries
+    and altered copies), the descriptors the re-ranker projects and the label relevance."""
+
+    rows: np.ndarray
+    desc: np.ndarray
+    q_desc: np.ndarray
+    comb: np.ndarray
+    comb_alt: np.ndarray
+    rel: np.ndarray
+
+
+def val_base(extractor: FeatureExtractor, c) -> ValBase:
     rows, alt = c.queries["val"]
-    items = c.items
     desc = descriptors_from_pooled(c.pooled, layers=extractor.layers, pooling=extractor.pooling)
     q_desc = descriptors_from_pooled(alt, layers=extractor.layers, pooling=extractor.pooling)
     codes, q_codes = binarize(extractor.project(desc)), binarize(extractor.project(q_desc))
@@ -69,12 +81,20 @@ def val_scores(extractor: FeatureExtractor, c, rr: Reranker | None) -> dict[str,
                                   engine.colour_matrix(colours[rows], colours), n_bits=n_bits, colour_weight=w)
     comb_alt = engine.combined_matrix(engine.hamming_matrix(q_codes, codes),
                                       engine.colour_matrix(q_colours, colours), n_bits=n_bits, colour_weight=w)
+    return ValBase(rows=rows, desc=desc, q_desc=q_desc, comb=comb, comb_alt=comb_alt,
+                   rel=relevance([c.items[i] for i in rows], c.items))
+
+
+def val_scores(base: ValBase, rr: Reranker | None) -> dict[str, float]:
+    """Label mAP, P@10 and altered P@1 / R@10 on VAL of the served ranking (combined, then re-ranked with rr)."""
+    comb, comb_alt = base.comb, base.comb_alt
     if rr is not None:
-        stored = rr.unpack(rr.pack(rr.project(desc)))
-        comb = engine.reranked_matrix(comb, rr.project(desc[rows]), stored, depth=RERANK_DEPTH, self_idx=rows)
-        comb_alt = engine.reranked_matrix(comb_alt, rr.project(q_desc), stored, depth=RERANK_DEPTH)
-    m = engine.ranking_metrics(comb, relevance([items[i] for i in rows], items), rows)
-    a = engine.altered_metrics(comb_alt, rows)
+        stored = rr.stored_copy(base.desc)
+        comb = engine.reranked_matrix(comb, rr.project(base.desc[base.rows]), stored, depth=RERANK_DEPTH,
+                                      self_idx=base.rows)
+        comb_alt = engine.reranked_matrix(comb_alt, rr.project(base.q_desc), stored, depth=RERANK_DEPTH)
+    m = engine.ranking_metrics(comb, base.rel, base.rows)
+    a = engine.altered_metrics(comb_alt, base.rows)
     return {"map": round(m["map"], 4), "p_at_10": round(m["p_at_10"], 4),
             "p_at_1_altered": round(a["p_at_1_altered"], 4), "r_at_10_altered": round(a["r_at_10_altered"], 4)}
 
@@ -112,17 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     folder = extractor.path
     c = load_cached(extractor.encoder, data_dir, input_size=extractor.input_size, splits=("val",), batch_size=64,
                     roipool=False, flatten=extractor.flatten_background)
-    desc = descriptors_from_pooled(c.pooled, layers=extractor.layers, pooling=extractor.pooling)
+    base = val_base(extractor, c)
     train = np.array([i for i, it in enumerate(c.items) if it.split == "train"], dtype=np.int64)
     grid = [parse_shape(v) for v in args.grid.split(",") if v]
-    mean, comps = fit_whitened_pca(desc[train], max(d for d, _, _ in grid))
-    scores = {"none": val_scores(extractor, c, None)}
+    mean, comps = fit_whitened_pca(base.desc[train], max(d for d, _, _ in grid))
+    scores = {"none": val_scores(base, None)}
     best, best_obj = None, -1.0
     for dims, bits, step in grid:
         rr = as_shipped(Reranker(mean=mean, components=np.ascontiguousarray(comps[:, :dims]),
                                  step=np.full(dims, step, np.float32), bits=bits))
         name = f"{dims}x{bits}@{step:g}"
-        scores[name] = s = val_scores(extractor, c, rr)
+        scores[name] = s = val_scores(base, rr)
         logger.info("%s: %s", name, s)
         if s["map"] + s["p_at_1_altered"] > best_obj:
             best, best_obj = ((dims, bits, step), rr), s["map"] + s["p_at_1_altered"]
